@@ -1,0 +1,6 @@
+"""Network parts: backbones and heads."""
+
+from dcl_cluster.nn.backbones import MLP, ResNet, SmallCNN, feature_dim
+from dcl_cluster.nn.heads import ClusterHead, MLPProjectionHead, ProjectionHead
+
+__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim", "ProjectionHead", "MLPProjectionHead", "ClusterHead"]

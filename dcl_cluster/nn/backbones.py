@@ -1,0 +1,126 @@
+"""Backbones that map images to feature vectors: torchvision ResNets (with the CIFAR
+stem), a small CNN for 8-32 px CPU runs, and an MLP for flat inputs.
+
+Each exposes ``out_dim``, the size of the feature ``h`` it returns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim"]
+
+_RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+class ResNet(nn.Module):
+    """A torchvision ResNet without its classifier, returning pooled features.
+
+    Args:
+        name: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+        cifar_stem: Replace the 7x7 stride-2 first convolution and the max-pool by one
+            3x3 stride-1 convolution, as for 32 px images (SimCLR's CIFAR variant).
+        weights: torchvision weights passed through (e.g. ``"IMAGENET1K_V1"``) for users
+            who have them cached; ``None`` (default) trains from scratch and never downloads.
+        in_channels: Number of input channels.
+
+    Examples:
+        >>> net = ResNet("resnet18", cifar_stem=True)
+        >>> net(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 512])
+    """
+
+    def __init__(
+        self, name: str = "resnet18", cifar_stem: bool = True, weights: str | None = None, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"name must be one of {sorted(_RESNETS)}, got {name!r}")
+        net = getattr(torchvision.models, name)(weights=weights)
+        if cifar_stem or in_channels != 3:
+            kernel, stride, padding = (3, 1, 1) if cifar_stem else (7, 2, 3)
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding, bias=False)
+        if cifar_stem:
+            net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = _RESNETS[name]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU blocks with max-pooling between them, then global average pooling.
+
+    Sized for 8-32 px images on a CPU: widths ``width, 2 width, 4 width, 8 width``.
+
+    Args:
+        in_channels: Number of input channels.
+        width: Channels of the first block.
+
+    Examples:
+        >>> SmallCNN(in_channels=1, width=8)(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        if width < 1 or in_channels < 1:
+            raise ValueError(f"in_channels and width must be >= 1, got {in_channels} and {width}")
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(previous, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            previous = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = widths[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron on flattened inputs (for pre-extracted or tabular features).
+
+    Args:
+        input_dim: Number of input values per sample (after flattening).
+        hidden_dims: Widths of the hidden Linear-BN-ReLU layers; the last is ``out_dim``.
+
+    Examples:
+        >>> MLP(64, (32, 16))(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 16])
+    """
+
+    def __init__(self, input_dim: int, hidden_dims: tuple[int, ...] | list[int] = (512, 512)) -> None:
+        super().__init__()
+        if not hidden_dims:
+            raise ValueError("hidden_dims must name at least one layer width, got an empty list")
+        layers: list[nn.Module] = [nn.Flatten()]
+        previous = input_dim
+        for w in hidden_dims:
+            layers += [nn.Linear(previous, w), nn.BatchNorm1d(w), nn.ReLU(inplace=True)]
+            previous = w
+        self.net = nn.Sequential(*layers)
+        self.out_dim = int(hidden_dims[-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def feature_dim(backbone: nn.Module, in_channels: int, image_size: int) -> int:
+    """The backbone's ``out_dim``, or its output width on a dummy batch when it has none."""
+    if hasattr(backbone, "out_dim"):
+        return int(backbone.out_dim)
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(2, in_channels, image_size, image_size))
+    backbone.train(was_training)
+    return int(out.flatten(1).shape[1])

@@ -1,0 +1,46 @@
+"""The five presets of METHOD.md 2.4 as data: which objective terms, weights and heads.
+
+``examples/configs/method/<name>.yaml`` holds the same settings for the CLI (a test keeps
+the two equal); in Python, ``DebiasedClusterModule.from_preset(name, **overrides)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PRESETS", "preset"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # InfoNCE only; clusters come from k-means on features at evaluation.
+    "simclr": {"contrastive": "info_nce", "clustering": "none", "delta": 0.0},
+    # The debiased loss of Chuang et al. with a constant class prior.
+    "dcl": {"contrastive": "debiased", "tau_plus": 0.1, "clustering": "none", "delta": 0.0},
+    # Contrastive Clustering: InfoNCE + the cluster-level loss on a softmax head.
+    "cc": {"contrastive": "info_nce", "clustering": "cc", "gamma": 1.0, "delta": 0.0, "cluster_temperature": 1.0},
+    # The second seed: InfoNCE + DEC on the clean view + the anchor loss, all weights 1.
+    "sic": {
+        "contrastive": "info_nce",
+        "clustering": "dec",
+        "gamma": 1.0,
+        "delta": 1.0,
+        "size_exponent": 1.0,
+        "dec_input": "clean",
+    },
+    # The main seed: per-anchor tau+ from the cluster prior + DEC on the clean view.
+    "dcl_cluster": {
+        "contrastive": "debiased",
+        "tau_plus": "cluster_prior",
+        "clustering": "dec",
+        "gamma": 1.0,
+        "delta": 0.0,
+        "size_exponent": 0.5,
+        "dec_input": "clean",
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of the settings of preset ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return dict(PRESETS[name])
