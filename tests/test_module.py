@@ -10,7 +10,7 @@ import torchvision
 from toy_data import ToyDataModule
 
 from dcl_cluster import DebiasedClusterModule
-from dcl_cluster.losses import dec_clustering_loss, debiased_contrastive_loss
+from dcl_cluster.losses import debiased_contrastive_loss, dec_clustering_loss
 from dcl_cluster.nn import ResNet, SmallCNN
 from dcl_cluster.presets import PRESETS
 
