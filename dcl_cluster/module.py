@@ -62,7 +62,7 @@ class DebiasedClusterModule(pl.LightningModule):
     et al. 2021); ``L_clu`` DEC (Xie et al. 2016) or the cluster-level loss of CC (Li et
     al. 2021); ``L_anc`` the anchor loss (Sundareswaran et al. 2021).
 
-    Dataset facts (``in_channels``, ``image_size``, ``num_clusters`` = number of classes)
+    Dataset facts (``in_channels``, ``input_size``, ``num_clusters`` = number of classes)
     are read from the datamodule at ``setup`` when not given, and then stored in the
     hyperparameters so checkpoints reload without it.
 
@@ -72,7 +72,7 @@ class DebiasedClusterModule(pl.LightningModule):
             ResNet-18.
         projector: Head from features to the contrastive space; ``None``: a 2-layer MLP.
         in_channels: Image channels; ``None``: from the datamodule.
-        image_size: Image side in pixels; ``None``: from the datamodule.
+        input_size: Image side in pixels; ``None``: the datamodule's ``image_size``.
         num_clusters: ``K >= 2``; ``None``: the datamodule's number of classes.
         backbone_width: Width of the default SmallCNN.
         projection_dim: Size of ``z``.
@@ -109,7 +109,7 @@ class DebiasedClusterModule(pl.LightningModule):
         channels_last: Run the backbone in channels-last memory format.
 
     Examples:
-        >>> module = DebiasedClusterModule.from_preset("dcl_cluster", in_channels=1, image_size=8,
+        >>> module = DebiasedClusterModule.from_preset("dcl_cluster", in_channels=1, input_size=8,
         ...                                            num_clusters=10, backbone_width=8)
         >>> module(torch.randn(4, 1, 8, 8)).shape
         torch.Size([4, 64])
@@ -120,7 +120,7 @@ class DebiasedClusterModule(pl.LightningModule):
         backbone: nn.Module | None = None,
         projector: nn.Module | None = None,
         in_channels: int | None = None,
-        image_size: int | None = None,
+        input_size: int | None = None,
         num_clusters: int | None = None,
         backbone_width: int = 32,
         projection_dim: int = 128,
@@ -171,8 +171,8 @@ class DebiasedClusterModule(pl.LightningModule):
         self.contrastive_loss = self._make_contrastive_loss()
         self.dec_loss = DECClusteringLoss(size_exponent, gather_distributed)
         self.cc_loss = ClusterContrastiveLoss(cluster_temperature, gather_distributed)
-        if None not in (in_channels, image_size) and (num_clusters is not None or clustering == "none"):
-            self._build(in_channels, image_size, num_clusters)
+        if None not in (in_channels, input_size) and (num_clusters is not None or clustering == "none"):
+            self._build(in_channels, input_size, num_clusters)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DebiasedClusterModule:
@@ -248,14 +248,14 @@ class DebiasedClusterModule(pl.LightningModule):
             self.cluster_prior = torch.full((num_clusters,), 1.0 / num_clusters)
         if hp.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.hparams.update(in_channels=in_channels, image_size=image_size, num_clusters=num_clusters)
+        self.hparams.update(in_channels=in_channels, input_size=image_size, num_clusters=num_clusters)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         facts = {
             "in_channels": hp.in_channels if hp.in_channels is not None else getattr(dm, "num_channels", None),
-            "image_size": hp.image_size if hp.image_size is not None else getattr(dm, "image_size", None),
+            "input_size": hp.input_size if hp.input_size is not None else getattr(dm, "image_size", None),
             "num_clusters": hp.num_clusters if hp.num_clusters is not None else getattr(dm, "num_classes", None),
         }
         missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or hp.clustering != "none")]
@@ -265,7 +265,7 @@ class DebiasedClusterModule(pl.LightningModule):
                 "that has num_channels, image_size and num_classes (such as LongTailDataModule)"
             )
         if self.projector is None or (hp.clustering != "none" and self.cluster_head is None):
-            self._build(facts["in_channels"], facts["image_size"], facts["num_clusters"])
+            self._build(facts["in_channels"], facts["input_size"], facts["num_clusters"])
         needs_clean = hp.delta > 0 or (hp.clustering == "dec" and hp.dec_input == "clean")
         if needs_clean and dm is not None and getattr(dm, "hparams", {}).get("clean_view") is False:
             raise ValueError(

@@ -49,7 +49,7 @@ def test_facts_come_from_the_datamodule_and_are_saved():
     assert module.cluster_head is None  # nothing known before setup
     trainer = make_trainer(max_epochs=1)
     trainer.fit(module, datamodule=ToyDataModule())
-    assert module.hparams.num_clusters == 4 and module.hparams.in_channels == 1 and module.hparams.image_size == 8
+    assert module.hparams.num_clusters == 4 and module.hparams.in_channels == 1 and module.hparams.input_size == 8
     assert module.cluster_head.centroids.shape == (4, module.backbone.out_dim)
 
 
@@ -59,7 +59,7 @@ def batch_from(dm):
 
 def test_loss_terms_are_the_loss_functions():
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, image_size=8, num_clusters=4, gamma=0.7)
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, gamma=0.7)
     module.init_centroids(dm.train_eval_dataloader())
     views, _, _ = batch_from(dm)
     out = module.shared_step(views)
@@ -76,7 +76,7 @@ def test_loss_terms_are_the_loss_functions():
 
 def test_centroids_are_kmeans_of_training_features_and_prior_its_sizes():
     dm = ToyDataModule()
-    module = small("sic", in_channels=1, image_size=8, num_clusters=4)
+    module = small("sic", in_channels=1, input_size=8, num_clusters=4)
     module.init_centroids(dm.train_eval_dataloader())
     module.eval()
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_centroids_are_kmeans_of_training_features_and_prior_its_sizes():
 
 
 def test_uniform_tau_plus_is_one_over_k():
-    module = small("dcl", tau_plus="uniform", clustering="dec", in_channels=1, image_size=8, num_clusters=5,
+    module = small("dcl", tau_plus="uniform", clustering="dec", in_channels=1, input_size=8, num_clusters=5,
                    dec_input="views")
     views, _, _ = batch_from(ToyDataModule(clean_view=False))
     assert module.tau_plus_per_anchor(module.shared_step(views)) == pytest.approx(0.2)
@@ -99,7 +99,7 @@ def test_uniform_tau_plus_is_one_over_k():
 
 def test_cluster_prior_ema_update():
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, image_size=8, num_clusters=4, prior_momentum=0.9)
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, prior_momentum=0.9)
     trainer = make_trainer(max_epochs=1, limit_train_batches=1)
     trainer.fit(module, datamodule=dm)  # initialises the centroids, then one step updates pi
     before = module.cluster_prior.clone()
@@ -112,12 +112,12 @@ def test_cluster_prior_ema_update():
 
 
 def test_validation_step_returns_the_evaluator_protocol():
-    module = small("cc", in_channels=1, image_size=8, num_clusters=4)
+    module = small("cc", in_channels=1, input_size=8, num_clusters=4)
     out = module.validation_step((torch.randn(3, 1, 8, 8), torch.zeros(3)), 0)
     assert out["embeddings"].shape == (3, 32) and out["cluster_probs"].shape == (3, 4)
     torch.testing.assert_close(out["cluster_probs"].sum(1), torch.ones(3))
     # a DEC head before its centroids exist gives embeddings only
-    assert set(small("sic", in_channels=1, image_size=8, num_clusters=4).validation_step(
+    assert set(small("sic", in_channels=1, input_size=8, num_clusters=4).validation_step(
         (torch.randn(3, 1, 8, 8), torch.zeros(3)), 0)) == {"embeddings"}
 
 
@@ -164,7 +164,7 @@ def test_load_from_checkpoint_outside_the_cli(tmp_path):
 
 
 def test_injected_backbone_must_be_passed_again_to_reload(tmp_path):
-    module = small("simclr", backbone=SmallCNN(1, 4), in_channels=1, image_size=8)
+    module = small("simclr", backbone=SmallCNN(1, 4), in_channels=1, input_size=8)
     trainer = make_trainer(tmp_path, max_epochs=1)
     trainer.fit(module, datamodule=ToyDataModule())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
@@ -175,7 +175,7 @@ def test_injected_backbone_must_be_passed_again_to_reload(tmp_path):
 
 
 def test_export_backbone_loads_into_plain_modules(tmp_path):
-    module = small("simclr", in_channels=1, image_size=8)
+    module = small("simclr", in_channels=1, input_size=8)
     module.export_backbone(tmp_path / "cnn.pt")
     plain = SmallCNN(1, 4)
     plain.load_state_dict(torch.load(tmp_path / "cnn.pt"))
@@ -184,7 +184,7 @@ def test_export_backbone_loads_into_plain_modules(tmp_path):
     torch.testing.assert_close(plain(x), module(x))
 
     resnet = DebiasedClusterModule.from_preset("simclr", backbone=ResNet("resnet18", cifar_stem=True),
-                                               in_channels=3, image_size=32)
+                                               in_channels=3, input_size=32)
     resnet.export_backbone(tmp_path / "r18.pt")
     tv = torchvision.models.resnet18()
     tv.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -211,7 +211,7 @@ class TestErrors:
             make_trainer(max_epochs=3).fit(small("dcl_cluster", warmup_epochs=3), datamodule=ToyDataModule())
 
     def test_more_clusters_than_samples_at_centroid_init(self):
-        module = small("sic", in_channels=1, image_size=8, num_clusters=100)
+        module = small("sic", in_channels=1, input_size=8, num_clusters=100)
         with pytest.raises(ValueError, match="num_clusters=100 is more than the 76 training samples"):
             module.init_centroids(ToyDataModule().train_eval_dataloader())
 
@@ -227,8 +227,8 @@ class TestErrors:
                 return loader
 
         with pytest.raises(FloatingPointError, match=r"global step 0 .*contrastive"):
-            make_trainer(max_epochs=1).fit(small("dcl", in_channels=1, image_size=8), datamodule=NaNData())
+            make_trainer(max_epochs=1).fit(small("dcl", in_channels=1, input_size=8), datamodule=NaNData())
 
     def test_missing_facts_without_a_datamodule(self):
-        with pytest.raises(ValueError, match="in_channels, image_size, num_clusters unknown"):
+        with pytest.raises(ValueError, match="in_channels, input_size, num_clusters unknown"):
             make_trainer(max_epochs=1).fit(small("dcl_cluster"), train_dataloaders=ToyDataModule().train_dataloader())

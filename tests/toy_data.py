@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from dcl_cluster.data.sampling import EpochShuffleSampler
+from dcl_cluster.data.datasets import SeededEpochSampler
 
 COUNTS = [40, 20, 10, 6]
 
@@ -60,7 +60,7 @@ class ToyDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         data = ToyViews(self.hparams.clean_view, self.hparams.num_samples)
-        sampler = EpochShuffleSampler(len(data), seed=0) if self.hparams.shuffle else None
+        sampler = SeededEpochSampler(len(data), seed=0) if self.hparams.shuffle else None
         return DataLoader(data, batch_size=self.hparams.batch_size, sampler=sampler, drop_last=True)
 
     def train_eval_dataloader(self):

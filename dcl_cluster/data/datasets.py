@@ -1,0 +1,152 @@
+"""Torch datasets over a source's images: the view dataset, the evaluation dataset, the sampler.
+
+Images stay uint8 until the collate function (see :mod:`dcl_cluster.data.transforms`), which
+keeps worker-to-main traffic small and lets photometric augmentation and normalisation run
+once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dcl_cluster.data.folders import read_image_file
+
+
+class ArrayImages:
+    """In-memory uint8 images, selected from an ``(N, H, W, C)`` array -> ``(C, H, W)`` items."""
+
+    def __init__(self, images: np.ndarray, indices: np.ndarray | None = None):
+        chosen = images if indices is None else images[indices]
+        self.data = torch.from_numpy(np.ascontiguousarray(chosen)).permute(0, 3, 1, 2).contiguous()
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+
+class LazyArrayImages:
+    """Images read one at a time from an indexable of ``(H, W, C)`` arrays (a memory map)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.images[i])).permute(2, 0, 1)
+
+
+class FileImages:
+    """Image files decoded on access (Pillow); errors name the file."""
+
+    def __init__(self, paths: Sequence[str], indices: np.ndarray | None = None):
+        self.paths = list(paths) if indices is None else [paths[i] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_image_file(self.paths[i])
+
+
+class ChainedImages:
+    """Several image stores one after the other (STL-10: long-tailed labelled, then unlabelled)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[k][i - int(self.offsets[k])]
+
+
+def image_store(images, indices: np.ndarray | None = None):
+    """The right store for a source split: arrays in memory, file paths decoded lazily."""
+    if isinstance(images, np.ndarray):
+        return ArrayImages(images, indices)
+    if isinstance(images, list):
+        return FileImages(images, indices)
+    return LazyArrayImages(images)
+
+
+class ViewDataset(Dataset):
+    """``i -> ([view_a, view_b(, clean)], y, i)``, views uint8 ``(C, S, S)``.
+
+    Args:
+        images: a store from :func:`image_store`.
+        labels: int64 labels (``-1`` for unlabelled images).
+        view: the per-image random (geometric) transform.
+        clean: the deterministic transform; when given, its output is appended last.
+    """
+
+    def __init__(self, images, labels: np.ndarray, view: Callable,
+                 clean: Callable | None = None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.view, self.clean = view, clean
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        views = [self.view(img), self.view(img)]
+        if self.clean is not None:
+            views.append(self.clean(img))
+        return views, int(self.labels[i]), i
+
+
+class EvalDataset(Dataset):
+    """``i -> (x, y)`` or ``(x, y, i)`` with a deterministic transform, x uint8 ``(C, S, S)``."""
+
+    def __init__(self, images, labels: np.ndarray, transform: Callable, with_index: bool = False):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+        self.transform, self.with_index = transform, with_index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x, y = self.transform(self.images[i]), int(self.labels[i])
+        return (x, y, i) if self.with_index else (x, y)
+
+
+class SeededEpochSampler(Sampler[int]):
+    """Random order that depends only on ``(seed, epoch)``: same seed, same batches.
+
+    Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the orders of
+    the uninterrupted one; used alone, each new iteration moves to the next epoch.
+
+    Examples:
+        >>> list(SeededEpochSampler(5, seed=0)) == list(SeededEpochSampler(5, seed=0))
+        True
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples, self.seed, self.epoch = int(num_samples), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
+        g = torch.Generator().manual_seed(int(state))
+        self.epoch += 1
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
