@@ -1,0 +1,129 @@
+"""How the callbacks read embeddings from any LightningModule and gather them across ranks.
+
+The protocol (DESIGN.md): validation batches are ``(x, y, ...)``; a ``validation_step``
+that returns ``{"embeddings": ..., "cluster_probs": ...}`` is used as is, otherwise
+``pl_module(x)`` under ``torch.no_grad()`` gives the embeddings. Only public Trainer API
+is used (``trainer.strategy``, ``trainer.world_size``, ``trainer.state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a ``(x, y, ...)`` batch (a dict with ``"x"``/``"y"`` also works)."""
+    if isinstance(batch, Mapping) and "x" in batch and "y" in batch:
+        return batch["x"], batch["y"]
+    if isinstance(batch, Sequence) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError("validation batches must be (x, y, ...) tuples for the clustering "
+                     f"callbacks, got {type(batch).__name__}")
+
+
+def module_embeddings(pl_module: LightningModule, x) -> torch.Tensor:
+    """``pl_module(x)`` without gradients, as ``(B, d)`` embeddings."""
+    with torch.no_grad():
+        out = pl_module(x)
+    if isinstance(out, Mapping) and "embeddings" in out:
+        out = out["embeddings"]
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"pl_module(x) must return a Tensor of embeddings, got "
+                        f"{type(out).__name__}; or return {{'embeddings': ...}} from "
+                        "validation_step")
+    return out.detach().flatten(1)
+
+
+def batch_embeddings(pl_module: LightningModule, batch, outputs):
+    """Embeddings ``(B, d)``, cluster probabilities ``(B, K)`` or None, labels ``(B,)``."""
+    x, y = split_batch(batch)
+    probs = None
+    if isinstance(outputs, Mapping) and "embeddings" in outputs:
+        emb = outputs["embeddings"].detach().flatten(1)
+        if outputs.get("cluster_probs") is not None:
+            probs = outputs["cluster_probs"].detach().flatten(1)
+    else:
+        emb = module_embeddings(pl_module, x)
+    return emb, probs, torch.as_tensor(y).detach().reshape(-1).to(emb.device)
+
+
+def evaluation_due(trainer: Trainer, every_n_epochs: int) -> bool:
+    """Whether this validation run is one to evaluate on.
+
+    Always under ``trainer.validate()``; during ``fit`` every ``every_n_epochs``-th epoch
+    (counting from 1), never during the sanity check.
+    """
+    if trainer.sanity_checking:
+        return False
+    if trainer.state.fn == "validate":
+        return True
+    return (trainer.current_epoch + 1) % every_n_epochs == 0
+
+
+def gather_rows(trainer: Trainer, t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (rows may differ in number) from all ranks, in rank order."""
+    if trainer.world_size <= 1:
+        return t
+    header = torch.tensor([t.shape[0], *t.shape[1:]], device=t.device, dtype=torch.long)
+    headers = trainer.strategy.all_gather(header).reshape(trainer.world_size, -1)
+    rows = headers[:, 0].tolist()
+    shape = tuple(int(s) for s in headers[:, 1:].max(0).values)
+    padded = t.new_zeros((max(rows),) + shape)
+    if t.numel():
+        padded[: t.shape[0]] = t
+    out = trainer.strategy.all_gather(padded)  # (world, max_rows, ...)
+    return torch.cat([out[r, :n] for r, n in enumerate(rows)])
+
+
+class EmbeddingBuffer:
+    """The embeddings, cluster probabilities and labels of one validation run.
+
+    Args:
+        max_samples: Keep at most this many rows in all (each of ``world_size``
+            processes keeps its first ``ceil(max_samples / world_size)``); None keeps all.
+    """
+
+    def __init__(self, max_samples: int | None = None) -> None:
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be None or >= 1, got {max_samples}")
+        self.max_samples = max_samples
+        self.reset()
+
+    def reset(self) -> None:
+        self.embeddings: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, trainer: Trainer, emb: torch.Tensor, probs: torch.Tensor | None,
+            labels: torch.Tensor) -> None:
+        """Keep a batch (truncated to this process's share of ``max_samples``)."""
+        if self.max_samples is not None:
+            share = -(-self.max_samples // max(trainer.world_size, 1))
+            room = share - self.count
+            if room <= 0:
+                return
+            emb, labels = emb[:room], labels[:room]
+            probs = None if probs is None else probs[:room]
+        self.embeddings.append(emb)
+        self.labels.append(labels.long())
+        if probs is not None:
+            self.probs.append(probs)
+        self.count += emb.shape[0]
+
+    def gather(self, trainer: Trainer, device: torch.device) -> dict[str, torch.Tensor | None]:
+        """Everything kept on every rank, concatenated in rank order (call on all ranks)."""
+        def cat(parts, dtype):
+            return torch.cat(parts).to(device, dtype) if parts else torch.zeros(
+                0, 0, device=device, dtype=dtype)
+
+        emb = gather_rows(trainer, cat(self.embeddings, torch.float32))
+        labels = gather_rows(trainer, cat(self.labels, torch.long).reshape(-1))
+        has_probs = torch.tensor(float(bool(self.probs)), device=device)
+        if trainer.world_size > 1:
+            has_probs = trainer.strategy.all_gather(has_probs).min()
+        probs = gather_rows(trainer, cat(self.probs, torch.float32)) if has_probs else None
+        return {"embeddings": emb, "cluster_probs": probs, "labels": labels}

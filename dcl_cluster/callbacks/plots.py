@@ -1,0 +1,366 @@
+"""Pictures of a clustering that a reader takes in at a glance, with or without a Trainer.
+
+Three figures: the 2-D embedding coloured by class and by cluster, cluster sizes against
+class sizes sorted by class frequency (the long-tail picture), and the Hungarian-matched
+confusion matrix. Plain functions (for benchmarks and notebooks) plus the
+:class:`EmbeddingPlots` callback that logs them to W&B / TensorBoard and saves PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.optimize import linear_sum_assignment
+
+from dcl_cluster.callbacks.collect import EmbeddingBuffer, batch_embeddings, evaluation_due
+from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
+from dcl_cluster.cluster import KMeans
+
+# Figures are built with the object API (no pyplot): headless on servers and CI, no
+# global backend switch in a user's notebook, nothing to close.
+
+_METHODS = ("tsne", "umap", "pca")
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _class_colours(n: int) -> np.ndarray:
+    if n <= 10:
+        return matplotlib.colormaps["tab10"](np.arange(n))
+    if n <= 20:
+        return matplotlib.colormaps["tab20"](np.arange(n))
+    return matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n))
+
+
+def match_clusters(y_true, y_pred) -> dict[int, int]:
+    """Hungarian map ``{cluster id: class id}`` maximising agreement (Kuhn 1955)."""
+    y_true, y_pred = _np(y_true).astype(np.int64), _np(y_pred).astype(np.int64)
+    table = np.zeros((y_pred.max() + 1, y_true.max() + 1))
+    np.add.at(table, (y_pred, y_true), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return {int(r): int(c) for r, c in zip(rows, cols, strict=True) if table[r].sum() > 0}
+
+
+def embed_2d(embeddings, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """``(n, 2)`` layout of ``(n, d)`` embeddings for plotting.
+
+    ``"tsne"``: t-SNE (van der Maaten & Hinton 2008, scikit-learn, PCA init);
+    ``"umap"``: UMAP (McInnes et al. 2018) when ``umap-learn`` is installed, else t-SNE
+    with a warning; ``"pca"``: the two leading principal components (fast).
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    x = _np(embeddings).astype(np.float32).reshape(len(embeddings), -1)
+    if method == "umap":
+        try:
+            import umap  # type: ignore[import-not-found]
+
+            return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
+        except ImportError:
+            warnings.warn("umap-learn is not installed; using t-SNE", stacklevel=2)
+            method = "tsne"
+    if method == "pca" or len(x) < 5:
+        x = x - x.mean(0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        out = x @ vt[:2].T
+        return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+    # Right after torch work, torch's OpenMP threads still spin; scikit-learn's own
+    # OpenMP pool then fights them for the cores (measured: 200 points took 40 s with
+    # 2 threads, 0.6 s with 1). Small layouts gain nothing from threads anyway.
+    with threadpool_limits(limits=1 if len(x) <= 5000 else None, user_api="openmp"):
+        return tsne.fit_transform(x)
+
+
+def plot_embedding(points, y_true, y_pred, title: str | None = None,
+                   class_names: list[str] | None = None) -> Figure:
+    """Two panels of a 2-D embedding: coloured by class, and by cluster.
+
+    Each cluster takes the colour of the class it is matched to (Hungarian), so a
+    correct clustering looks the same in both panels; unmatched clusters are grey
+    with their id at their centre.
+    """
+    points, y_true, y_pred = _np(points), _np(y_true).astype(int), _np(y_pred).astype(int)
+    n_classes = int(y_true.max()) + 1
+    colours = _class_colours(n_classes)
+    mapping = match_clusters(y_true, y_pred)
+    grey = np.array([0.6, 0.6, 0.6, 1.0])
+    cluster_colours = np.array([colours[mapping[c]] if c in mapping else grey for c in y_pred])
+    fig = Figure(figsize=(12, 5.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    size = max(2.0, min(14.0, 6000 / max(len(points), 1)))
+    for ax, cols, name in ((axes[0], colours[y_true], "class"),
+                           (axes[1], cluster_colours, "cluster (colour of matched class)")):
+        ax.scatter(points[:, 0], points[:, 1], c=cols, s=size, linewidths=0, alpha=0.8)
+        ax.set_title(f"coloured by {name}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for c in np.unique(y_pred):
+        if int(c) not in mapping:
+            centre = points[y_pred == c].mean(0)
+            axes[1].annotate(str(c), centre, ha="center", fontsize=8, color="black")
+    if n_classes <= 20:
+        names = class_names or [str(c) for c in range(n_classes)]
+        handles = [Line2D([], [], marker="o", ls="", color=colours[c], label=names[c])
+                   for c in range(n_classes)]
+        fig.legend(handles=handles, loc="outside right center", title="class", frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_cluster_sizes(class_counts, cluster_sizes, title: str | None = None,
+                       log: bool = False, class_names: list[str] | None = None) -> Figure:
+    """Class sizes (sorted, largest first) beside cluster sizes (sorted), as fractions.
+
+    The long-tail picture: if the cluster bars are flatter than the class bars, the
+    clustering split head classes and merged tail ones (METHOD.md 2.1).
+
+    Args:
+        class_counts: Images per class (any order; training or evaluation counts).
+        cluster_sizes: Points per cluster (any order, empty clusters included).
+        title: Figure title.
+        log: Log-scale y axis (for steep tails).
+        class_names: Names indexed by class id, shown under the class bars.
+    """
+    classes = _np(class_counts).astype(float)
+    clusters = np.sort(_np(cluster_sizes).astype(float))[::-1]
+    order = np.argsort(-classes, kind="stable")
+    class_frac = classes[order] / max(classes.sum(), 1)
+    cluster_frac = clusters / max(clusters.sum(), 1)
+    n = max(len(class_frac), len(cluster_frac))
+    fig = Figure(figsize=(max(6.0, min(0.45 * n + 2, 12)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(n)
+    width = 0.42 if n <= 60 else 0.5
+    ax.bar(x[: len(class_frac)] - width / 2, class_frac, width, color="#4C72B0",
+           label=f"classes ({len(class_frac)})")
+    empty = int((clusters == 0).sum())
+    ax.bar(x[: len(cluster_frac)] + width / 2, cluster_frac, width, color="#DD8452",
+           label=f"clusters ({len(cluster_frac)}" + (f", {empty} empty)" if empty else ")"))
+    if len(class_frac):
+        ax.axhline(1 / len(class_frac), color="grey", lw=0.8, ls=":", label="uniform")
+    if n <= 40:
+        names = class_names or [str(c) for c in range(len(classes))]
+        ax.set_xticks(x[: len(order)], [names[c] for c in order], fontsize=8)
+        ax.set_xlabel("classes by size (label: class id); clusters by size")
+    else:
+        ax.set_xlabel("rank by size")
+    ax.set_ylabel("fraction of samples")
+    if log:
+        ax.set_yscale("log")
+    ax.legend(frameon=False)
+    ax.set_title(title or "cluster sizes against class sizes")
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def plot_confusion_matrix(y_true, y_pred, title: str | None = None,
+                          class_names: list[str] | None = None) -> Figure:
+    """Row-normalised confusion matrix with clusters matched to classes (Hungarian).
+
+    Rows are classes by frequency (largest first); column ``i`` is the cluster matched
+    to row ``i``'s class, unmatched clusters follow. The diagonal is the per-class
+    accuracy that ``balanced_acc`` averages; counts are printed for up to 20 classes.
+    """
+    y_true, y_pred = _np(y_true).astype(int), _np(y_pred).astype(int)
+    n_classes, n_clusters = int(y_true.max()) + 1, int(y_pred.max()) + 1
+    table = np.zeros((n_classes, n_clusters))
+    np.add.at(table, (y_true, y_pred), 1)
+    by_size = np.argsort(-table.sum(1), kind="stable")
+    mapping = {c: k for k, c in match_clusters(y_true, y_pred).items()}  # class -> cluster
+    rows = [c for c in by_size if c in mapping] + [c for c in by_size if c not in mapping]
+    cols = [mapping[c] for c in rows if c in mapping]
+    n_matched = len(cols)
+    cols += [k for k in range(n_clusters) if k not in cols]
+    table = table[rows][:, cols]
+    frac = table / np.maximum(table.sum(1, keepdims=True), 1)
+    side = min(max(4.5, 0.5 * max(n_classes, n_clusters) + 2), 16)
+    fig = Figure(figsize=(side * max(1, n_clusters / n_classes) ** 0.5, side),
+                 layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the class")
+    names = class_names or [str(c) for c in range(n_classes)]
+    if max(n_classes, n_clusters) <= 40:
+        ax.set_yticks(range(n_classes), [names[r] for r in rows], fontsize=8)
+        ax.set_xticks(range(n_clusters), [str(c) for c in cols], fontsize=8)
+    if n_classes <= 20 and n_clusters <= 30:
+        for i in range(n_classes):
+            for j in range(n_clusters):
+                if table[i, j]:
+                    ax.text(j, i, int(table[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_ylabel("class (largest first)")
+    ax.set_xlabel("cluster (column i matched to row i)")
+    acc = np.trace(table[:n_matched, :n_matched]) / max(table.sum(), 1)
+    balanced = np.mean(np.diag(frac[:n_matched, :n_matched]).tolist()
+                       + [0.0] * (n_classes - n_matched))
+    ax.set_title(f"{title or 'matched confusion matrix'}\n"
+                 f"ACC {acc:.3f}, balanced ACC {balanced:.3f}")
+    return fig
+
+
+def clustering_figures(embeddings, y_true, y_pred, max_points: int = 2000,
+                       method: str = "tsne", seed: int = 0, title: str = "",
+                       num_clusters: int | None = None) -> dict[str, Figure]:
+    """The three figures, keyed ``embedding``, ``cluster_sizes``, ``confusion``.
+
+    Args:
+        embeddings: ``(n, d)`` embeddings.
+        y_true: ``(n,)`` class labels.
+        y_pred: ``(n,)`` cluster ids.
+        max_points: Points in the 2-D embedding (a seeded random subset).
+        method: ``"tsne"``, ``"umap"`` or ``"pca"`` (see :func:`embed_2d`).
+        seed: Seed of the subset and of the 2-D layout.
+        title: Prefix of the figure titles.
+        num_clusters: Clusters in all (counts empty ones); default ``max(y_pred) + 1``.
+
+    Examples:
+        >>> figs = clustering_figures(torch.randn(60, 5), torch.arange(60) % 3,
+        ...                           torch.arange(60) % 4, method="pca")
+        >>> sorted(figs)
+        ['cluster_sizes', 'confusion', 'embedding']
+    """
+    y_true, y_pred = _np(y_true).astype(int), _np(y_pred).astype(int)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(y_true))[:max_points])
+    points = embed_2d(_np(embeddings)[idx], method, seed)
+    sizes = np.bincount(y_pred, minlength=num_clusters or 0)
+    return {
+        "embedding": plot_embedding(points, y_true[idx], y_pred[idx],
+                                    f"{title} {method} of {len(idx)} points".strip()),
+        "cluster_sizes": plot_cluster_sizes(np.bincount(y_true), sizes,
+                                            f"{title} cluster vs class sizes".strip()),
+        "confusion": plot_confusion_matrix(y_true, y_pred,
+                                           f"{title} matched confusion matrix".strip()),
+    }
+
+
+class EmbeddingPlots(Callback):
+    """Draw :func:`clustering_figures` of the validation set every ``every_n_epochs``.
+
+    Uses the embeddings and predictions of a :class:`ClusteringEvaluator` found in
+    ``trainer.callbacks`` (plots then come on the epochs where both are due), else
+    collects its own (same protocol) and predicts with the ``cluster_probs`` argmax or
+    k-means (``num_clusters``, default: the number of classes seen). On rank 0 the
+    figures are saved as PNG under ``save_dir`` (default ``trainer.log_dir/plots``),
+    logged with ``logger.log_image`` (W&B) or ``logger.experiment.add_figure``
+    (TensorBoard) for each attached logger that has one, and their paths kept in
+    ``last_files``.
+
+    Args:
+        every_n_epochs: Plot on epochs ``n - 1, 2n - 1, ...`` of a fit (always under
+            ``trainer.validate()``).
+        max_points: Points drawn in the 2-D embedding (a seeded random subset).
+        method: ``"tsne"``, ``"umap"`` (when installed) or ``"pca"``.
+        save_dir: Directory of the PNGs.
+        seed: Seed of the subset, t-SNE/UMAP and k-means.
+        num_clusters: k-means clusters when collecting on its own.
+        prefix: Prefix of the logged image keys.
+
+    Examples:
+        >>> from lightning.pytorch import Trainer
+        >>> cbs = [ClusteringEvaluator(num_clusters=10), EmbeddingPlots(every_n_epochs=5)]
+        >>> trainer = Trainer(callbacks=cbs)  # doctest: +SKIP
+    """
+
+    def __init__(self, every_n_epochs: int = 1, max_points: int = 2000, method: str = "tsne",
+                 save_dir: str | None = None, seed: int = 0, num_clusters: int | None = None,
+                 prefix: str = "val/") -> None:
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        if every_n_epochs < 1 or max_points < 2:
+            raise ValueError(f"every_n_epochs must be >= 1 and max_points >= 2, got "
+                             f"{every_n_epochs} and {max_points}")
+        self.every_n_epochs = every_n_epochs
+        self.max_points = max_points
+        self.method = method
+        self.save_dir = save_dir
+        self.seed = seed
+        self.num_clusters = num_clusters
+        self.prefix = prefix
+        self.buffer = EmbeddingBuffer()
+        self.last_files: list[str] = []
+        self._evaluator: ClusteringEvaluator | None = None
+        self._active = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, ClusteringEvaluator)]
+        self._evaluator = found[0] if found else None
+        if self._evaluator is not None:
+            self._evaluator.keep_outputs = True
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._active = evaluation_due(trainer, self.every_n_epochs)
+        self.buffer.reset()
+        if self._evaluator is not None:
+            self._evaluator.last_outputs = None
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if self._active and self._evaluator is None and dataloader_idx == 0:
+            self.buffer.add(trainer, *batch_embeddings(pl_module, batch, outputs))
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        out_dir = self.save_dir or os.path.join(
+            trainer.log_dir or trainer.default_root_dir, "plots")  # log_dir: all ranks
+        if self._evaluator is not None:
+            outputs = self._evaluator.last_outputs
+        else:
+            data = self.buffer.gather(trainer, pl_module.device)
+            self.buffer.reset()
+            outputs = self._predict(data) if trainer.is_global_zero else None
+        if not trainer.is_global_zero or outputs is None or len(outputs["labels"]) == 0:
+            return
+        figures = clustering_figures(outputs["embeddings"], outputs["labels"],
+                                     outputs["preds"], self.max_points, self.method,
+                                     self.seed, title=f"epoch {trainer.current_epoch}",
+                                     num_clusters=outputs.get("num_clusters"))
+        os.makedirs(out_dir, exist_ok=True)
+        stage = getattr(trainer.state.fn, "value", trainer.state.fn)
+        stem = f"{stage}_epoch{trainer.current_epoch:03d}"
+        self.last_files = []
+        for name, fig in figures.items():
+            path = os.path.join(out_dir, f"{stem}_{name}.png")
+            fig.savefig(path, dpi=110)
+            self.last_files.append(path)
+            self._log(trainer, f"{self.prefix}{name}", fig, path)
+
+    def _predict(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        labels, emb, probs = data["labels"], data["embeddings"], data["cluster_probs"]
+        if labels.numel() == 0:
+            return None
+        if probs is not None:
+            preds, k = probs.argmax(1), probs.shape[1]
+        else:
+            k = min(self.num_clusters or int(labels.max()) + 1, emb.shape[0])
+            preds = KMeans(k, seed=self.seed).fit_predict(emb)
+        return {"embeddings": emb.cpu(), "labels": labels.cpu(), "preds": preds.cpu(),
+                "num_clusters": k}
+
+    @staticmethod
+    def _log(trainer: Trainer, key: str, fig: Figure, path: str) -> None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=key, images=[path], step=trainer.global_step)
+            elif hasattr(getattr(logger, "experiment", None), "add_figure"):
+                logger.experiment.add_figure(key, fig, global_step=trainer.global_step)

@@ -1,0 +1,5 @@
+"""Clustering algorithms on torch tensors (CPU, CUDA, DDP shards); torch-only imports."""
+
+from dcl_cluster.cluster.kmeans import KMeans
+
+__all__ = ["KMeans"]

@@ -1,0 +1,380 @@
+"""Clustering scores (ACC, balanced/head/medium/tail ACC, NMI, ARI, AMI) from one table.
+
+Every score is a function of the clusters x classes contingency table, so the online
+metric keeps only that table: exact at any N, and a DDP sync costs
+O(clusters x classes) instead of gathering every prediction. The formulas follow
+scikit-learn (``sklearn.metrics.cluster``) line by line, special cases included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.special import gammaln
+from torchmetrics import Metric
+
+_EPS = np.finfo(np.float64).eps
+
+
+def head_medium_tail_groups(
+    class_counts: Sequence[int],
+    shot_thresholds: tuple[int, int] | None = None,
+) -> tuple[list[int], list[int], list[int]]:
+    """Split classes into head, medium and tail groups by training frequency.
+
+    Default (P^2OT's protocol, Zhang et al., ICLR 2024): classes sorted by count,
+    descending (ties keep the lower class index first), the first
+    ``round(0.3 C)`` are head, the last ``round(0.3 C)`` tail, the rest medium, with
+    halves rounded up (10 classes: 3/4/3; 100: 30/40/30; 5: 2/1/2). With
+    ``shot_thresholds=(many, few)`` the ImageNet-LT shot groups of Liu et al. 2019 are
+    used instead: head ``> many``, tail ``< few``, medium in between (``(100, 20)``).
+
+    Args:
+        class_counts: Training images per class, indexed by class id.
+        shot_thresholds: Optional ``(many, few)`` count thresholds.
+
+    Returns:
+        Three lists of class ids: head, medium, tail.
+
+    Examples:
+        >>> head_medium_tail_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+        ([0, 1, 2], [3, 4, 5, 6], [7, 8, 9])
+    """
+    counts = [int(c) for c in class_counts]
+    if not counts or min(counts) < 0:
+        raise ValueError(f"class_counts must be a non-empty list of counts >= 0, got {counts}")
+    if shot_thresholds is not None:
+        many, few = shot_thresholds
+        if few > many:
+            raise ValueError(f"shot_thresholds must be (many, few) with few <= many, "
+                             f"got {shot_thresholds}")
+        return ([c for c, n in enumerate(counts) if n > many],
+                [c for c, n in enumerate(counts) if few <= n <= many],
+                [c for c, n in enumerate(counts) if n < few])
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    n_edge = math.floor(0.3 * len(counts) + 0.5)
+    n_edge = min(n_edge, len(counts) // 2)
+    return order[:n_edge], order[n_edge : len(counts) - n_edge], order[len(counts) - n_edge :]
+
+
+def contingency_table(y_pred, y_true, num_clusters: int, num_classes: int) -> torch.Tensor:
+    """The ``(num_clusters, num_classes)`` float64 count table of (cluster, class) pairs.
+
+    Raises:
+        ValueError: on ids outside ``[0, num_clusters)`` / ``[0, num_classes)``.
+    """
+    y_pred, y_true = _as_ids(y_pred, "preds"), _as_ids(y_true, "target")
+    if y_pred.shape != y_true.shape:
+        raise ValueError(f"preds and target must have the same shape, got "
+                         f"{tuple(y_pred.shape)} and {tuple(y_true.shape)}")
+    _check_range(y_pred, num_clusters, "cluster id (preds)", "num_clusters")
+    _check_range(y_true, num_classes, "class label (target)", "num_classes")
+    flat = y_pred.flatten() * num_classes + y_true.flatten()
+    table = torch.bincount(flat, minlength=num_clusters * num_classes)
+    return table.to(torch.float64).view(num_clusters, num_classes)
+
+
+def _as_ids(x, name: str) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(x) if isinstance(x, (list, tuple)) else x)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        if x.is_floating_point() and bool((x == x.round()).all()):
+            return x.long()
+        raise ValueError(f"{name} must hold integer ids, got dtype {x.dtype}")
+    return x.long()
+
+
+def _check_range(x: torch.Tensor, upper: int, what: str, arg: str) -> None:
+    if x.numel() == 0:
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0 or hi >= upper:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{what} {bad} is out of range: allowed [0, {upper - 1}] "
+                         f"for {arg}={upper}")
+
+
+def scores_from_table(
+    table: torch.Tensor | np.ndarray,
+    class_counts: Sequence[int] | None = None,
+    shot_thresholds: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """All scores from a ``(clusters, classes)`` contingency table.
+
+    ``acc``: Hungarian one-to-one map of clusters to classes (Kuhn 1955, via
+    ``scipy.optimize.linear_sum_assignment`` on the possibly rectangular table);
+    unmatched clusters count as errors. ``balanced_acc``: mean per-class recall under
+    the same map, over the classes present in the table; ``head_acc``/``medium_acc``/
+    ``tail_acc``: the same mean within each group of :func:`head_medium_tail_groups`
+    (NaN for a group with no class present). ``nmi`` (arithmetic mean normalisation,
+    Strehl & Ghosh 2002), ``ari`` (Hubert & Arabie 1985), ``ami`` (Vinh et al. 2010) as
+    scikit-learn, including its special cases. An empty table gives NaN everywhere.
+    """
+    t = torch.as_tensor(table).detach().to("cpu", torch.float64).numpy()
+    if t.ndim != 2:
+        raise ValueError(f"table must be 2-D (clusters, classes), got shape {t.shape}")
+    n = t.sum()
+    keys = ["acc", "balanced_acc", "nmi", "ari", "ami"]
+    if class_counts is not None:
+        if len(class_counts) != t.shape[1]:
+            raise ValueError(f"class_counts has {len(class_counts)} entries, the table "
+                             f"has {t.shape[1]} classes")
+        keys += ["head_acc", "medium_acc", "tail_acc"]
+    if n == 0:
+        return {k: float("nan") for k in keys}
+    rows, cols = linear_sum_assignment(t, maximize=True)
+    support = t.sum(0)  # (classes,)
+    recall = np.zeros(t.shape[1])
+    recall[cols] = t[rows, cols] / np.maximum(support[cols], 1)
+    present = support > 0
+    out = {
+        "acc": float(t[rows, cols].sum() / n),
+        "balanced_acc": float(recall[present].mean()),
+        **_information_scores(t),
+    }
+    if class_counts is not None:
+        for name, group in zip(("head_acc", "medium_acc", "tail_acc"),
+                               head_medium_tail_groups(class_counts, shot_thresholds),
+                               strict=True):
+            group = [c for c in group if present[c]]
+            out[name] = float(recall[group].mean()) if group else float("nan")
+    return out
+
+
+def _information_scores(t: np.ndarray) -> dict[str, float]:
+    """NMI, ARI and AMI exactly as scikit-learn computes them from labels."""
+    t = t[t.sum(1) > 0][:, t.sum(0) > 0]  # scikit-learn only sees labels that occur
+    n = t.sum()
+    a, b = t.sum(1), t.sum(0)  # cluster sizes, class sizes
+    # ARI from the pair confusion matrix, in exact integers
+    ti = t.astype(np.int64)
+    sum_sq = int((ti * ti).sum())
+    n_i = int(n)
+    tp = sum_sq - n_i
+    fp = int((a.astype(np.int64) ** 2).sum()) - sum_sq
+    fn = int((b.astype(np.int64) ** 2).sum()) - sum_sq
+    tn = n_i * n_i - fp - fn - sum_sq
+    ari = 1.0 if fn == 0 and fp == 0 else (
+        2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+    if t.shape[0] == 1 and t.shape[1] == 1:  # both labellings constant: a perfect match
+        return {"nmi": 1.0, "ari": ari, "ami": 1.0}
+    if t.shape[0] == 1 or t.shape[1] == 1:  # one of them constant: no information
+        return {"nmi": 0.0, "ari": ari, "ami": 0.0}
+    mi = _mutual_information(t)
+    h_clusters, h_classes = _entropy(a), _entropy(b)
+    normalizer = (h_classes + h_clusters) / 2
+    nmi = 0.0 if mi == 0 else mi / normalizer
+    emi = _expected_mutual_information(a, b, int(n))
+    denominator = normalizer - emi
+    denominator = min(denominator, -_EPS) if denominator < 0 else max(denominator, _EPS)
+    numerator = mi - emi
+    numerator = min(numerator, -_EPS) if numerator < 0 else max(numerator, _EPS)
+    return {"nmi": float(nmi), "ari": float(ari), "ami": float(numerator / denominator)}
+
+
+def _mutual_information(t: np.ndarray) -> float:
+    nzx, nzy = np.nonzero(t)
+    nz = t[nzx, nzy]
+    n = t.sum()
+    a, b = t.sum(1), t.sum(0)
+    p = nz / n
+    outer = a[nzx].astype(np.int64) * b[nzy].astype(np.int64)
+    log_outer = -np.log(outer.astype(np.float64)) + math.log(a.sum()) + math.log(b.sum())
+    mi = p * (np.log(nz) - math.log(n)) + p * log_outer
+    mi = np.where(np.abs(mi) < _EPS, 0.0, mi)
+    return float(np.clip(mi.sum(), 0.0, None))
+
+
+def _entropy(sizes: np.ndarray) -> float:
+    sizes = sizes[sizes > 0]
+    if sizes.size == 1:
+        return 0.0
+    total = sizes.sum()
+    return float(-np.sum((sizes / total) * (np.log(sizes) - math.log(total))))
+
+
+def _expected_mutual_information(a: np.ndarray, b: np.ndarray, n: int,
+                                 block: int = 1 << 22) -> float:
+    """E[MI] under the hypergeometric model of Vinh, Epps & Bailey (JMLR 2010).
+
+    The sum scikit-learn's Cython loop takes over every cluster/class pair and every
+    cell value ``n_ij``, vectorised: pairs with equal sizes are summed once (with their
+    multiplicity), and for each pair the ``n_ij`` range is cut to the hypergeometric
+    mass within ``11 sd + 45`` of the mean, outside which (Bernstein's bound) each term
+    is below ``exp(-60)``: the result agrees with the full sum to far below 1e-12.
+    """
+    a_vals, a_mult = np.unique(a.astype(np.int64), return_counts=True)
+    b_vals, b_mult = np.unique(b.astype(np.int64), return_counts=True)
+    ai, bj = np.meshgrid(a_vals, b_vals, indexing="ij")
+    ai, bj = ai.ravel(), bj.ravel()
+    mult = np.outer(a_mult, b_mult).ravel().astype(np.float64)
+    lo = np.maximum(1, ai + bj - n)
+    hi = np.minimum(ai, bj)
+    mean = ai * bj / n
+    sd = np.sqrt(np.minimum(ai, bj) * (np.maximum(ai, bj) / n) * (1 - np.maximum(ai, bj) / n))
+    lo = np.maximum(lo, np.floor(mean - 11 * sd - 45).astype(np.int64))
+    hi = np.minimum(hi, np.ceil(mean + 11 * sd + 45).astype(np.int64))
+    keep = hi >= lo
+    ai, bj, mult, lo, hi = ai[keep], bj[keep], mult[keep], lo[keep], hi[keep]
+    lengths = hi - lo + 1
+    gln_n = gammaln(n + 1)
+    const = (gammaln(ai + 1) + gammaln(bj + 1) + gammaln(n - ai + 1) + gammaln(n - bj + 1)
+             - gln_n)
+    log_ab = np.log(ai) + np.log(bj)
+    emi = 0.0
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < len(lengths):  # blocks of pairs with at most ~`block` terms in all
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + block, side="right")))
+        sl = slice(start, stop)
+        reps = lengths[sl]
+        pair = np.repeat(np.arange(stop - start), reps)
+        offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+        nij = (lo[sl][pair] + offset).astype(np.float64)
+        A, B = ai[sl][pair].astype(np.float64), bj[sl][pair].astype(np.float64)
+        log_term3 = (const[sl][pair] - gammaln(nij + 1) - gammaln(A - nij + 1)
+                     - gammaln(B - nij + 1) - gammaln(n - A - B + nij + 1))
+        term2 = math.log(n) + np.log(nij) - log_ab[sl][pair]
+        emi += float(np.sum(mult[sl][pair] * (nij / n) * term2 * np.exp(log_term3)))
+        start = stop
+    return emi
+
+
+def _ids_to_numpy(x, name: str) -> np.ndarray:
+    return _as_ids(x, name).cpu().numpy()
+
+
+def cluster_accuracy(y_true, y_pred) -> float:
+    """Clustering accuracy under the best one-to-one map of clusters to classes.
+
+    The Hungarian algorithm (Kuhn 1955; ``scipy.optimize.linear_sum_assignment``) on
+    the contingency table, as in DEC (Xie et al. 2016). Labels may be any integers;
+    the number of clusters may differ from the number of classes, and points in
+    clusters left unmatched count as errors.
+
+    Args:
+        y_true: Class labels, shape ``(n,)`` (tensor, array or list).
+        y_pred: Cluster ids, shape ``(n,)``.
+
+    Returns:
+        The fraction of points whose cluster maps to their class.
+
+    Examples:
+        >>> cluster_accuracy([0, 0, 1, 1, 2], [1, 1, 0, 0, 0])
+        0.8
+    """
+    y_true, y_pred = _ids_to_numpy(y_true, "y_true"), _ids_to_numpy(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred must have the same shape, got "
+                         f"{y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        return float("nan")
+    _, t = np.unique(y_true, return_inverse=True)
+    _, p = np.unique(y_pred, return_inverse=True)
+    table = np.zeros((p.max() + 1, t.max() + 1))
+    np.add.at(table, (p, t), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / y_true.size)
+
+
+def clustering_scores(
+    y_true,
+    y_pred,
+    class_counts: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    num_clusters: int | None = None,
+    shot_thresholds: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """One-shot form of :class:`ClusteringMetrics`: the same keys from label arrays.
+
+    Args:
+        y_true: Class labels in ``[0, num_classes)``.
+        y_pred: Cluster ids in ``[0, num_clusters)``.
+        class_counts: Training images per class; adds ``head_acc``, ``medium_acc``,
+            ``tail_acc`` (see :func:`head_medium_tail_groups`).
+        num_classes: Defaults to ``len(class_counts)`` or ``max(y_true) + 1``.
+        num_clusters: Defaults to ``max(y_pred) + 1``.
+        shot_thresholds: Optional ``(many, few)`` groups instead of 30/40/30 %.
+
+    Returns:
+        ``{"acc", "balanced_acc", "nmi", "ari", "ami"[, "head_acc", "medium_acc",
+        "tail_acc"]}`` as floats.
+
+    Examples:
+        >>> s = clustering_scores([0, 0, 1, 1], [1, 1, 0, 0])
+        >>> s["acc"], s["nmi"], s["ari"]
+        (1.0, 1.0, 1.0)
+    """
+    y_true, y_pred = _as_ids(y_true, "y_true"), _as_ids(y_pred, "y_pred")
+    if num_classes is None:
+        num_classes = len(class_counts) if class_counts is not None else (
+            int(y_true.max()) + 1 if y_true.numel() else 1)
+    if num_clusters is None:
+        num_clusters = int(y_pred.max()) + 1 if y_pred.numel() else 1
+    table = contingency_table(y_pred, y_true, num_clusters, num_classes)
+    return scores_from_table(table, class_counts, shot_thresholds)
+
+
+class ClusteringMetrics(Metric):
+    """ACC, balanced ACC, NMI, ARI, AMI (and head/medium/tail ACC) as one torchmetrics Metric.
+
+    The only state is the ``(num_clusters, num_classes)`` float64 contingency table,
+    sum-reduced across processes, so the DDP sync is O(clusters x classes) and the
+    scores are exact at any N (torchmetrics' own ARI overflows its pair counts from
+    about 1e5 labels, its NMI gathers every prediction, and its ClusterAccuracy needs
+    as many clusters as classes). ``compute()`` calls :func:`scores_from_table`.
+
+    Args:
+        num_classes: Number of ground-truth classes.
+        num_clusters: Number of clusters (may differ from ``num_classes``).
+        class_counts: Training images per class (``num_classes`` entries); adds
+            ``head_acc``, ``medium_acc``, ``tail_acc`` to ``compute()``.
+        shot_thresholds: Optional ``(many, few)`` group thresholds (ImageNet-LT).
+        **kwargs: Passed to :class:`torchmetrics.Metric`.
+
+    Examples:
+        >>> m = ClusteringMetrics(num_classes=2, num_clusters=3)
+        >>> m.update(torch.tensor([2, 2, 0, 0]), torch.tensor([0, 0, 1, 1]))
+        >>> m.compute()["acc"]
+        1.0
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_clusters: int,
+        class_counts: Sequence[int] | None = None,
+        shot_thresholds: tuple[int, int] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        for name, value in (("num_classes", num_classes), ("num_clusters", num_clusters)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if class_counts is not None and len(class_counts) != num_classes:
+            raise ValueError(f"class_counts must have num_classes={num_classes} entries, "
+                             f"got {len(class_counts)}")
+        self.num_classes = num_classes
+        self.num_clusters = num_clusters
+        self.class_counts = None if class_counts is None else [int(c) for c in class_counts]
+        self.shot_thresholds = shot_thresholds
+        self.add_state("table", torch.zeros(num_clusters, num_classes, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Count a batch: ``preds`` cluster ids, ``target`` class labels (same shape)."""
+        counts = contingency_table(preds.to(self.table.device), target.to(self.table.device),
+                                   self.num_clusters, self.num_classes)
+        self.table += counts
+
+    def compute(self) -> dict[str, float]:
+        """The scores of every batch seen (all processes after a sync)."""
+        return scores_from_table(self.table, self.class_counts, self.shot_thresholds)

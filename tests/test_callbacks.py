@@ -1,0 +1,202 @@
+"""The callbacks on a plain classifier LightningModule that knows nothing of dcl_cluster."""
+
+import os
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dcl_cluster.callbacks import (
+    ClusteringEvaluator,
+    EmbeddingPlots,
+    KNNEvaluator,
+    plot_cluster_sizes,
+)
+
+CENTRES = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)) * 6
+TRAIN_COUNTS = [240, 120, 60, 30]
+
+
+def separable(counts, seed):
+    """Four well separated Gaussian classes with ``counts`` points each."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    x = CENTRES[y] + torch.randn(len(y), 8, generator=g)
+    return TensorDataset(x, y)
+
+
+class Classifier(LightningModule):
+    """A plain supervised classifier; ``forward`` returns the hidden embedding."""
+
+    def __init__(self, return_probs: bool = False):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 4)
+        self.return_probs = return_probs
+
+    def forward(self, x):
+        return self.body(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.head(self(x)), y)
+
+    def validation_step(self, batch, batch_idx):
+        if self.return_probs:
+            emb = self(batch[0])
+            return {"embeddings": emb, "cluster_probs": self.head(emb).softmax(1)}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class Data(LightningDataModule):
+    """Exposes the public attributes and method the callbacks look for."""
+
+    num_classes = 4
+    train_class_counts = TRAIN_COUNTS
+
+    def train_dataloader(self):
+        return DataLoader(separable(TRAIN_COUNTS, 0), batch_size=64, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(separable([50] * 4, 1), batch_size=64)
+
+    def train_eval_dataloader(self):
+        return DataLoader(separable(TRAIN_COUNTS, 0), batch_size=128)
+
+
+def make_trainer(callbacks, max_epochs=2, **kwargs):
+    kwargs.setdefault("logger", False)
+    return Trainer(accelerator="cpu", max_epochs=max_epochs, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=callbacks, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One fit with every callback: evaluator (defaults from the datamodule), kNN, plots."""
+    torch.manual_seed(0)
+    evaluator = ClusteringEvaluator(num_clusters=4)
+    knn = KNNEvaluator(k=20)
+    plots = EmbeddingPlots(max_points=150, method="tsne",
+                           save_dir=str(tmp_path_factory.mktemp("plots")))
+    trainer = make_trainer([evaluator, knn, plots])
+    model = Classifier()
+    trainer.fit(model, datamodule=Data())
+    return trainer, model, evaluator, plots
+
+
+def test_evaluator_reports_sensible_scores_on_a_plain_classifier(fitted):
+    trainer, _, evaluator, _ = fitted
+    m = trainer.callback_metrics
+    assert float(m["val/nmi"]) > 0.8 and float(m["val/acc"]) > 0.8
+    assert float(m["val/ari"]) > 0.7 and float(m["val/balanced_acc"]) > 0.8
+    # class counts came from the datamodule: head / medium / tail are logged too
+    assert {"val/head_acc", "val/medium_acc", "val/tail_acc"} <= set(m)
+    assert evaluator.last_metrics["val/nmi"] == pytest.approx(float(m["val/nmi"]))
+
+
+def test_knn_and_diagnostics_are_logged(fitted):
+    m = fitted[0].callback_metrics
+    assert float(m["val/knn_acc"]) > 0.95
+    assert float(m["val/uniformity"]) < 0 and 1 <= float(m["val/rankme"]) <= 16
+
+
+def test_plot_files_are_written(fitted):
+    _, _, _, plots = fitted
+    names = sorted(os.path.basename(p) for p in plots.last_files)
+    assert names == ["fit_epoch001_cluster_sizes.png", "fit_epoch001_confusion.png",
+                     "fit_epoch001_embedding.png"]
+    assert all(os.path.getsize(p) > 5000 for p in plots.last_files)
+
+
+def test_validate_returns_the_scores(fitted):
+    trainer, model, _, _ = fitted
+    (result,) = trainer.validate(model, datamodule=Data(), verbose=False)
+    assert result["val/nmi"] > 0.8 and "val/knn_acc" in result
+
+
+def test_state_is_saved_and_restored_with_the_checkpoint(fitted, tmp_path):
+    trainer, model, evaluator, _ = fitted
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = ClusteringEvaluator(num_clusters=4)
+    resumed = make_trainer([fresh], max_epochs=2)  # already done: restores, trains nothing
+    resumed.fit(Classifier(), datamodule=Data(), ckpt_path=path)
+    assert fresh.last_metrics == evaluator.last_metrics
+    assert fresh.last_epoch == evaluator.last_epoch is not None
+
+
+def test_cluster_probs_are_scored_and_kmeans_goes_under_kmeans_prefix():
+    torch.manual_seed(0)
+    evaluator = ClusteringEvaluator(num_classes=4, every_n_epochs=2)
+    trainer = make_trainer([evaluator], max_epochs=3)
+    data = separable([50] * 4, 1)
+    train = DataLoader(separable([120] * 4, 0), batch_size=32, shuffle=True)
+    trainer.fit(Classifier(return_probs=True), train, DataLoader(data, batch_size=64))
+    m = trainer.callback_metrics
+    assert float(m["val/acc"]) > 0.8 and float(m["val/kmeans_nmi"]) > 0.8
+    assert "val/head_acc" not in m  # no class counts anywhere
+    assert evaluator.last_epoch == 1  # every 2nd epoch of 3: epoch index 1 only
+
+
+def test_plots_without_evaluator_and_images_reach_an_offline_wandb_logger(
+        tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="test")
+    plots = EmbeddingPlots(method="pca", max_points=100)
+    trainer = make_trainer([plots], max_epochs=1, logger=logger,
+                           default_root_dir=str(tmp_path))
+    trainer.fit(Classifier(), DataLoader(separable(TRAIN_COUNTS, 0), 64),
+                DataLoader(separable([25] * 4, 1), batch_size=50))
+    logger.experiment.finish()
+    assert len(plots.last_files) == 3 and all(os.path.exists(p) for p in plots.last_files)
+    media = [f for _, _, files in os.walk(tmp_path / "wandb") for f in files
+             if f.endswith(".png")]
+    assert len(media) >= 3  # the three figures were handed to W&B
+
+
+def test_plot_cluster_sizes_runs_without_a_trainer():
+    fig = plot_cluster_sizes([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],
+                             [1500, 1400, 1300, 1300, 1200, 1100, 1000, 900, 800, 900])
+    assert len(fig.axes[0].patches) == 20
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(ValueError, match="source must be one of"):
+        ClusteringEvaluator(source="labels")
+    with pytest.raises(ValueError, match="class_counts must have num_classes=3"):
+        ClusteringEvaluator(num_classes=3, class_counts=[1, 2])
+
+
+class CountGathered(Callback):
+    """Logs how many samples rank 0's evaluator scored (the gathered validation set)."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        outputs = self.evaluator.last_outputs
+        n = -1.0 if outputs is None else float(len(outputs["labels"]))
+        pl_module.log("n_scored", n, rank_zero_only=True)
+
+
+def test_ddp_spawn_gathers_every_rank_and_logs_the_same_scores():
+    torch.manual_seed(0)
+    evaluator = ClusteringEvaluator(num_clusters=4)
+    evaluator.keep_outputs = True
+    trainer = make_trainer([evaluator, CountGathered(evaluator)], max_epochs=2,
+                           strategy="ddp_spawn", devices=2)
+    train = DataLoader(separable([120] * 4, 0), batch_size=32, shuffle=True)
+    trainer.fit(Classifier(), train, DataLoader(separable([50] * 4, 1), batch_size=50))
+    m = trainer.callback_metrics
+    assert float(m["n_scored"]) == 200  # 100 per rank, gathered
+    assert float(m["val/nmi"]) > 0.8 and float(m["val/acc"]) > 0.8

@@ -1,0 +1,150 @@
+"""Clustering scores against scikit-learn and brute force (METHOD.md 4)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn import metrics as skm
+
+from dcl_cluster.metrics import (
+    ClusteringMetrics,
+    cluster_accuracy,
+    clustering_scores,
+    head_medium_tail_groups,
+)
+
+
+def _labels(n, num_classes, num_clusters, agreement, seed):
+    """Random labels and predictions that agree on about ``agreement`` of the points."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    noise = rng.integers(0, num_clusters, n)
+    p = np.where(rng.random(n) < agreement, (y * 3 + 1) % num_clusters, noise)
+    return y, p
+
+
+CASES = {  # name: (n, classes, clusters, agreement)
+    "equal": (2000, 10, 10, 0.6),
+    "more_clusters": (2000, 5, 17, 0.5),
+    "fewer_clusters": (2000, 12, 4, 0.7),
+    "random": (500, 7, 9, 0.0),
+    "tiny": (7, 3, 4, 0.5),
+    "one_class": (300, 1, 5, 0.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nmi_ari_ami_equal_scikit_learn(case, seed):
+    y, p = _labels(*CASES[case], seed)
+    s = clustering_scores(y, p)
+    assert s["nmi"] == pytest.approx(skm.normalized_mutual_info_score(y, p), abs=1e-6)
+    assert s["ari"] == pytest.approx(skm.adjusted_rand_score(y, p), abs=1e-6)
+    assert s["ami"] == pytest.approx(skm.adjusted_mutual_info_score(y, p), abs=1e-6)
+
+
+def test_total_collapse_gives_nmi_and_ari_zero():
+    y = np.repeat(np.arange(10), [400, 240, 144, 86, 52, 31, 18, 11, 7, 4])
+    s = clustering_scores(y, np.zeros_like(y), num_clusters=10)
+    assert s["nmi"] == 0.0 and s["ari"] == 0.0 and s["ami"] == 0.0
+    assert s["acc"] == pytest.approx(400 / y.size)  # plain ACC rewards collapse
+    assert s["balanced_acc"] == pytest.approx(0.1)  # balanced ACC does not
+
+
+def test_permuted_perfect_clustering_scores_one():
+    y = np.arange(100) % 7
+    s = clustering_scores(y, (y * 3 + 2) % 7)
+    assert all(s[k] == pytest.approx(1.0) for k in ("acc", "balanced_acc", "nmi", "ari", "ami"))
+
+
+def test_ari_exact_at_a_million_labels():
+    """torchmetrics' ARI overflows its pair counts here; the int pair counts do not."""
+    y, p = _labels(1_000_000, 50, 60, 0.5, seed=3)
+    assert clustering_scores(y, p)["ari"] == pytest.approx(skm.adjusted_rand_score(y, p),
+                                                           abs=1e-9)
+
+
+def _brute_force_accuracy(y, p):
+    """Best accuracy over every injective cluster -> class map, counted point by point."""
+    n_cls, n_clu = int(y.max()) + 1, int(p.max()) + 1
+    best = 0.0
+    slots = list(range(n_cls)) + [-1] * n_clu  # -1: cluster left unmatched (errors)
+    for assignment in set(itertools.permutations(slots, n_clu)):
+        mapped = np.array(assignment)[p]
+        best = max(best, float(np.mean(mapped == y)))
+    return best
+
+
+@pytest.mark.parametrize("n_cls,n_clu", [(3, 3), (4, 2), (2, 4), (4, 5), (5, 3)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_accuracy_equals_brute_force_over_maps(n_cls, n_clu, seed):
+    y, p = _labels(40, n_cls, n_clu, 0.5, seed)
+    y[:n_cls], p[:n_clu] = np.arange(n_cls), np.arange(n_clu)  # every id occurs
+    expected = _brute_force_accuracy(y, p)
+    assert cluster_accuracy(y, p) == pytest.approx(expected)
+    assert clustering_scores(y, p)["acc"] == pytest.approx(expected)
+
+
+def test_cluster_accuracy_takes_arbitrary_integer_ids():
+    assert cluster_accuracy([5, 5, 9, 9, 7], [-1, -1, 40, 40, 40]) == pytest.approx(0.8)
+
+
+def test_head_medium_tail_groups_split_30_40_30_by_frequency():
+    counts = [50, 5000, 83, 1796, 645, 2997, 139, 387, 1077, 232]  # CIFAR-10-LT shuffled
+    head, medium, tail = head_medium_tail_groups(counts)
+    assert head == [1, 5, 3] and medium == [8, 4, 7, 9] and tail == [6, 2, 0]
+    assert [len(g) for g in head_medium_tail_groups([1] * 100)] == [30, 40, 30]
+    assert [len(g) for g in head_medium_tail_groups([5, 4, 3, 2, 1])] == [2, 1, 2]
+    assert [len(g) for g in head_medium_tail_groups([7])] == [0, 1, 0]
+
+
+def test_shot_groups_use_many_and_few_thresholds():
+    assert head_medium_tail_groups([500, 101, 100, 20, 19, 5], shot_thresholds=(100, 20)) == (
+        [0, 1], [2, 3], [4, 5])
+
+
+def test_balanced_and_group_accuracy_match_an_independent_computation():
+    counts = [900, 500, 300, 200, 120, 80, 50, 30, 20, 10]
+    y, p = _labels(3000, 10, 12, 0.55, seed=7)
+    s = clustering_scores(y, p, class_counts=counts)
+    # the map from scipy on scikit-learn's table; recall and groups from the labels here
+    table = skm.cluster.contingency_matrix(p, y)  # (clusters, classes)
+    rows, cols = linear_sum_assignment(-table)
+    mapped = np.full(p.max() + 1, -1)
+    mapped[rows] = cols
+    recall = np.array([np.mean(mapped[p[y == c]] == c) for c in range(10)])
+    assert s["balanced_acc"] == pytest.approx(recall.mean())
+    assert s["head_acc"] == pytest.approx(recall[[0, 1, 2]].mean())
+    assert s["medium_acc"] == pytest.approx(recall[[3, 4, 5, 6]].mean())
+    assert s["tail_acc"] == pytest.approx(recall[[7, 8, 9]].mean())
+    assert s["balanced_acc"] == pytest.approx(
+        skm.balanced_accuracy_score(y, mapped[p]), abs=1e-12)
+
+
+def test_metric_over_batches_equals_one_shot_scores():
+    y, p = _labels(1000, 6, 8, 0.6, seed=4)
+    m = ClusteringMetrics(num_classes=6, num_clusters=8, class_counts=[6, 5, 4, 3, 2, 1])
+    for s in range(0, 1000, 128):
+        m.update(torch.as_tensor(p[s : s + 128]), torch.as_tensor(y[s : s + 128]))
+    out = m.compute()
+    assert set(out) == {"acc", "balanced_acc", "nmi", "ari", "ami",
+                        "head_acc", "medium_acc", "tail_acc"}
+    assert out == pytest.approx(clustering_scores(y, p, [6, 5, 4, 3, 2, 1], 6, 8))
+    assert m.table.dtype == torch.float64 and m.table.sum() == 1000
+
+
+def test_update_rejects_out_of_range_ids_naming_value_and_range():
+    m = ClusteringMetrics(num_classes=3, num_clusters=4)
+    with pytest.raises(ValueError, match=r"cluster id \(preds\) 4 .*\[0, 3\]"):
+        m.update(torch.tensor([0, 4]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"class label \(target\) -1 .*\[0, 2\]"):
+        m.update(torch.tensor([0, 1]), torch.tensor([-1, 1]))
+    with pytest.raises(ValueError, match="num_clusters must be an integer >= 1"):
+        ClusteringMetrics(num_classes=3, num_clusters=0)
+
+
+def test_compute_without_data_is_nan():
+    out = clustering_scores(np.zeros(0, int), np.zeros(0, int), num_classes=2, num_clusters=2)
+    assert all(np.isnan(v) for v in out.values())
