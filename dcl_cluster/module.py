@@ -356,12 +356,17 @@ class DebiasedClusterModule(pl.LightningModule):
         tau = self.tau_plus_per_anchor(out)
         terms = self.loss_terms(out, tau)
         loss = sum(weight * value for weight, value in terms.values())
+        if self.cluster_head is not None and out.q_a is None:
+            # During the warm-up the head is idle; a zero-weight term keeps its parameters in
+            # the graph so DDP does not stop on unused parameters (their gradient is zero).
+            loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
         if not torch.isfinite(loss):
             bad = [name for name, (_, value) in terms.items() if not torch.isfinite(value)]
             raise FloatingPointError(
                 f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, batch "
                 f"{batch_idx}): term(s) {bad or list(terms)} = "
-                f"{ {k: float(v) for k, (_, v) in terms.items()} }; lower the learning rate or raise the temperature"
+                f"{ {k: float(v.detach()) for k, (_, v) in terms.items()} }; "
+                "lower the learning rate or raise the temperature"
             )
         if out.q_a is not None:
             self._update_cluster_prior(torch.cat([out.q_a, out.q_b]).detach())

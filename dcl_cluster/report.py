@@ -1,0 +1,96 @@
+"""The closing report of a run: clustering scores of the final model on the long-tailed
+train set and on the balanced held-out set, as a printed table and a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dcl_cluster.cluster import KMeans
+from dcl_cluster.metrics import clustering_scores
+
+__all__ = ["collect", "cluster_predictions", "evaluate_clustering", "final_report"]
+
+_COLUMNS = {
+    "nmi": "NMI", "acc": "ACC", "balanced_acc": "bACC", "ari": "ARI",
+    "head_acc": "head", "medium_acc": "medium", "tail_acc": "tail",
+}
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Embeddings, cluster probabilities (None without a ready head) and labels of a loader."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    embeddings, probs, labels = [], [], []
+    for batch in loader:
+        out = model._embed(batch[0].to(device)) if hasattr(model, "_embed") else {"embeddings": model(batch[0])}
+        embeddings.append(out["embeddings"].cpu())
+        if "cluster_probs" in out:
+            probs.append(out["cluster_probs"].cpu())
+        labels.append(batch[1].cpu())
+    model.train(was_training)
+    return torch.cat(embeddings), (torch.cat(probs) if probs else None), torch.cat(labels)
+
+
+def cluster_predictions(
+    embeddings: torch.Tensor, probs: torch.Tensor | None, num_clusters: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Cluster ids from the head's argmax (when there are probabilities) and from k-means
+    with ``num_clusters`` clusters on the embeddings."""
+    predictions = {"head": probs.argmax(1)} if probs is not None else {}
+    predictions["k-means"] = torch.as_tensor(KMeans(num_clusters, n_init=3, seed=seed).fit(embeddings).labels_)
+    return predictions
+
+
+def evaluate_clustering(
+    model: torch.nn.Module, loader: Any, num_classes: int, class_counts: list[int] | None, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Scores of the cluster head's argmax (when the model has a ready head) and of k-means
+    with ``num_classes`` clusters on the backbone embeddings."""
+    embeddings, probs, labels = collect(model, loader)
+    return {
+        source: clustering_scores(labels, pred, class_counts=class_counts, num_classes=num_classes,
+                                  num_clusters=int(max(num_classes, int(pred.max()) + 1)))
+        for source, pred in cluster_predictions(embeddings, probs, num_classes, seed).items()
+    }
+
+
+def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[str, Any] | None:
+    """Evaluate the final model, print the table and write ``final_metrics.json`` in the
+    log directory. Runs on the global-zero process only."""
+    log_dir = trainer.log_dir  # a collective under DDP: every process must ask
+    if not trainer.is_global_zero or datamodule is None:
+        return None
+    counts = list(datamodule.train_class_counts)
+    splits = {"train (LT)": datamodule.train_eval_dataloader(), "held-out": datamodule.val_dataloader()}
+    report = {
+        split: evaluate_clustering(model, loader, datamodule.num_classes, counts) for split, loader in splits.items()
+    }
+    table = Table(
+        title=f"Final clustering scores: {datamodule.num_classes} classes, train class counts "
+        f"{max(counts)}..{min(counts)}",
+        caption="ACC: Hungarian-matched accuracy; bACC: its per-class mean; head / medium / tail: "
+        "per-class ACC of the 30% / 40% / 30% most / middle / least frequent training classes. "
+        "held-out is balanced.",
+    )
+    table.add_column("set")
+    table.add_column("clusters")
+    for header in _COLUMNS.values():
+        table.add_column(header, justify="right")
+    for split, by_source in report.items():
+        for source, scores in by_source.items():
+            table.add_row(split, source, *(f"{scores[c]:.3f}" if c in scores else "-" for c in _COLUMNS))
+    Console().print(table)
+    if log_dir is not None:
+        path = Path(log_dir) / "final_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        Console().print(f"scores written to {path}")
+    return report

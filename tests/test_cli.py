@@ -1,0 +1,68 @@
+"""The dcl-cluster command: every shipped config parses, presets in YAML equal the Python
+presets, the default digits run trains and reports, and DDP works from the command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcl_cluster.cli import main
+from dcl_cluster.presets import PRESETS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_method_yaml_equals_python_preset(name):
+    config = yaml.safe_load((CONFIGS / "method" / f"{name}.yaml").read_text())
+    assert config["model"] == PRESETS[name]
+    needs_clean = PRESETS[name].get("dec_input") == "clean" or PRESETS[name].get("delta", 0) > 0
+    assert config.get("data", {}).get("clean_view", False) == needs_clean
+
+
+def all_config_sets():
+    sets = [[CONFIGS / "digits_lt.yaml"]]
+    for data in sorted((CONFIGS / "data").glob("*.yaml")):
+        sets += [[data, method] for method in sorted((CONFIGS / "method").glob("*.yaml"))]
+    recipes = sorted((CONFIGS / "recipes").glob("*.yaml"))
+    sets += [[recipe, CONFIGS / "method" / "dcl_cluster.yaml"] for recipe in recipes]
+    return sets
+
+
+@pytest.mark.parametrize("files", all_config_sets(), ids=lambda fs: "+".join(f.stem for f in fs))
+def test_shipped_configs_parse(files, capsys):
+    args = ["fit"] + [a for f in files for a in ("--config", str(f))] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["dataset"] and "contrastive" in printed["model"]
+
+
+def test_default_run_trains_and_reports(tmp_path, capsys):
+    main(["fit", "--config", str(CONFIGS / "digits_lt.yaml"), "--trainer.max_epochs=3",
+          "--model.warmup_epochs=1", f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "NMI" in out and "tail" in out
+    report = json.loads(next(tmp_path.rglob("final_metrics.json")).read_text())
+    for split in ("train (LT)", "held-out"):
+        assert set(report[split]) == {"head", "k-means"}
+        assert 0 <= report[split]["k-means"]["nmi"] <= 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="CPU DDP with gloo is exercised on Linux")
+def test_cli_ddp_two_cpu_processes(tmp_path):
+    """``--trainer.strategy ddp`` relaunches the command as rank 1: run it as its own process."""
+    cmd = [sys.executable, "-m", "dcl_cluster.cli", "fit", "--config", str(CONFIGS / "digits_lt.yaml"),
+           "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+           "--trainer.max_epochs=2", "--model.warmup_epochs=1",
+           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "NMI" in result.stdout
