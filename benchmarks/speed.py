@@ -1,0 +1,210 @@
+"""Speed against peers, measured side by side in one run and reported as ratios.
+
+Sections (all on the CPU with ``torch.set_num_threads(2)``; medians of interleaved repeats):
+  loss        debiased_contrastive_loss vs lightly's NTXentLoss, the paper's formulation, matmul floor
+  kmeans      dcl_cluster KMeans vs scikit-learn KMeans, 50k x 128, K in {10, 100}, same n_init
+  metrics     ClusteringMetrics (one contingency table) vs scikit-learn NMI + ARI, 1M labels, 1000 classes
+  throughput  DebiasedClusterModule (dcl_cluster preset, clustering on) in a Trainer vs a plain
+              PyTorch SimCLR loop, same backbone and batch; with channels-last and bf16 autocast
+
+    python benchmarks/speed.py                      # everything, writes benchmarks/results/speed.json
+    python benchmarks/speed.py --sections kmeans    # one section
+    python benchmarks/speed.py --smoke              # tiny sizes, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import speed_losses  # noqa: E402
+from common import interleaved_medians  # noqa: E402
+
+
+def bench_kmeans(n, d, ks, n_init, repeats) -> list[dict]:
+    from sklearn.cluster import KMeans as SkKMeans
+    from sklearn.datasets import make_blobs
+
+    from dcl_cluster.cluster import KMeans
+
+    x, _ = make_blobs(n_samples=n, n_features=d, centers=max(ks), cluster_std=4.0, random_state=0)
+    x = x.astype(np.float32)
+    xt = torch.from_numpy(x)
+    rows = []
+    for k in ks:
+        results = {}
+
+        def ours(k=k, results=results):
+            results["ours"] = KMeans(k, n_init=n_init, seed=0).fit(xt).inertia_
+
+        def sklearn(k=k, results=results):
+            results["sklearn"] = SkKMeans(k, n_init=n_init, random_state=0).fit(x).inertia_
+
+        times = interleaved_medians({"dcl_cluster KMeans": ours, "scikit-learn KMeans": sklearn}, repeats)
+        row = {"N": n, "d": d, "K": k, "n_init": n_init, "ours_s": times["dcl_cluster KMeans"],
+               "sklearn_s": times["scikit-learn KMeans"],
+               "speedup": times["scikit-learn KMeans"] / times["dcl_cluster KMeans"],
+               "inertia_ratio": float(results["ours"]) / float(results["sklearn"])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def bench_metrics(n, classes, repeats) -> list[dict]:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from dcl_cluster.metrics import ClusteringMetrics
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, classes, (n,), generator=g)
+    pred = torch.where(torch.rand(n, generator=g) < 0.7, y, torch.randint(0, classes, (n,), generator=g))
+    y_np, pred_np = y.numpy(), pred.numpy()
+    results = {}
+
+    def ours():
+        metric = ClusteringMetrics(num_classes=classes, num_clusters=classes)
+        metric.update(pred, y)
+        results["ours"] = metric.compute()
+
+    def sklearn():
+        results["sklearn"] = (normalized_mutual_info_score(y_np, pred_np), adjusted_rand_score(y_np, pred_np))
+
+    times = interleaved_medians({"ours": ours, "sklearn": sklearn}, repeats)
+    row = {"N": n, "classes": classes, "ours_s": times["ours"], "sklearn_nmi_ari_s": times["sklearn"],
+           "speedup": times["sklearn"] / times["ours"],
+           "nmi_diff": abs(results["ours"]["nmi"] - results["sklearn"][0]),
+           "ari_diff": abs(results["ours"]["ari"] - results["sklearn"][1]),
+           "note": "ours computes acc, balanced_acc, nmi, ari and ami; scikit-learn nmi and ari only"}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def _views(batch, size, steps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 3, size, size, generator=g) for _ in range(3)] for _ in range(steps)]
+
+
+def plain_simclr_loop(backbone_fn, batches, channels_last, bf16) -> float:
+    """Images/s of a hand-written SimCLR loop: backbone + 2-layer projector, InfoNCE, Adam."""
+    from dcl_cluster.losses import info_nce_loss
+    from dcl_cluster.nn import MLPProjectionHead
+
+    torch.manual_seed(0)
+    backbone = backbone_fn()
+    projector = MLPProjectionHead(backbone.out_dim, 512, 128)
+    if channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    params = list(backbone.parameters()) + list(projector.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    start = None
+    for i, views in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()  # the first step warms up allocators and kernels
+        x = torch.cat(views[:2])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            z = projector(backbone(x))
+            n = views[0].shape[0]
+            loss = info_nce_loss(z[:n], z[n:], 0.5)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return 2 * views[0].shape[0] * (len(batches) - 1) / (time.perf_counter() - start)
+
+
+def module_in_trainer(backbone_fn, batches, channels_last, bf16, size, dec_input) -> float:
+    """Images/s (two augmented views per image) of DebiasedClusterModule in a Lightning Trainer,
+    dcl_cluster preset with the clustering terms on (DEC, cluster-prior tau+). With
+    ``dec_input="clean"`` the batch carries a third, un-augmented view (50% more backbone work
+    than SimCLR's two); ``"views"`` feeds DEC the two augmented views."""
+    import lightning.pytorch as pl
+
+    from dcl_cluster import DebiasedClusterModule
+
+    class Timer(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 1:
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, *args):
+            self.elapsed = time.perf_counter() - self.start
+
+    torch.manual_seed(0)
+    module = DebiasedClusterModule.from_preset(
+        "dcl_cluster", backbone=backbone_fn(), in_channels=3, input_size=size, num_clusters=10,
+        warmup_epochs=0, channels_last=channels_last, projection_hidden_dim=512, cosine=False,
+        dec_input=dec_input)
+    n_views = 3 if dec_input == "clean" else 2
+    loader = [(views[:n_views], torch.zeros(len(views[0]), dtype=torch.long), torch.arange(len(views[0])))
+              for views in batches]
+    module.init_centroids([(v[2],) for v in batches[:2]])  # k-means init is not part of a step
+    timer = Timer()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         precision="bf16-mixed" if bf16 else "32-true", limit_val_batches=0)
+    # batch_size=None hands the prepared batches over as they are
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(loader, batch_size=None))
+    return 2 * len(batches[0][0]) * (len(batches) - 1) / timer.elapsed
+
+
+def bench_throughput(configs, steps, combos=None) -> list[dict]:
+    from dcl_cluster.nn import ResNet, SmallCNN
+
+    backbones = {"SmallCNN(width=32)": lambda: SmallCNN(3, 32), "ResNet-18 (CIFAR stem)": lambda: ResNet("resnet18")}
+    rows = []
+    for name, batch, size in configs:
+        batches = _views(batch, size, steps)
+        for channels_last, bf16 in combos or ((False, False), (True, False), (True, True)):
+            plain = plain_simclr_loop(backbones[name], batches, channels_last, bf16)
+            two = module_in_trainer(backbones[name], batches, channels_last, bf16, size, "views")
+            three = module_in_trainer(backbones[name], batches, channels_last, bf16, size, "clean")
+            row = {"backbone": name, "batch": batch, "px": size, "channels_last": channels_last, "bf16": bf16,
+                   "plain_simclr_img_s": plain, "module_2views_img_s": two, "module_3views_img_s": three,
+                   "ratio_2views": two / plain, "ratio_3views": three / plain}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=["loss", "kmeans", "metrics", "throughput"])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "speed.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    results = json.loads(args.out.read_text()) if args.out.exists() and not args.smoke else {}
+    smoke = args.smoke
+    for section in args.sections:
+        if section == "loss":
+            results["loss"] = (speed_losses.run([16], 8, 1, memory=False) if smoke
+                               else speed_losses.run([256, 1024, 2048], 128, 15))
+        elif section == "kmeans":
+            results["kmeans"] = (bench_kmeans(500, 8, [5], 1, 1) if smoke
+                                 else bench_kmeans(50_000, 128, [10, 100], 3, 3))
+        elif section == "metrics":
+            results["metrics"] = bench_metrics(10_000, 50, 1) if smoke else bench_metrics(1_000_000, 1000, 5)
+        elif section == "throughput":
+            configs = ([("SmallCNN(width=32)", 8, 16)] if smoke
+                       else [("SmallCNN(width=32)", 256, 32), ("ResNet-18 (CIFAR stem)", 64, 32)])
+            results["throughput"] = bench_throughput(configs, 3 if smoke else 6,
+                                                     [(False, False)] if smoke else None)
+        else:
+            raise SystemExit(f"unknown section {section!r}")
+    if not smoke:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
