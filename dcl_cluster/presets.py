@@ -40,7 +40,29 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str) -> dict[str, Any]:
-    """A copy of the settings of preset ``name``."""
+    """A copy of the settings of preset ``name`` (METHOD.md 2.4).
+
+    ``simclr``: InfoNCE only (Chen et al., ICML 2020); ``dcl``: the debiased loss with a
+    constant ``tau+`` (Chuang et al., NeurIPS 2020); ``cc``: Contrastive Clustering (Li et
+    al., AAAI 2021); ``sic``: InfoNCE + DEC + anchor loss (Sundareswaran et al., arXiv
+    2109.12714); ``dcl_cluster``: the debiased loss with a per-anchor cluster-prior ``tau+``
+    and DEC (Xie et al., ICML 2016) with ``size_exponent=0.5``.
+
+    Args:
+        name: One of ``"simclr"``, ``"dcl"``, ``"cc"``, ``"sic"``, ``"dcl_cluster"``.
+
+    Returns:
+        Keyword arguments of :class:`~dcl_cluster.module.DebiasedClusterModule`.
+
+    Raises:
+        ValueError: an unknown name.
+
+    Examples:
+        >>> preset("dcl")
+        {'contrastive': 'debiased', 'tau_plus': 0.1, 'clustering': 'none', 'delta': 0.0}
+        >>> sorted(PRESETS)
+        ['cc', 'dcl', 'dcl_cluster', 'sic', 'simclr']
+    """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return dict(PRESETS[name])

@@ -27,6 +27,14 @@ def check_imbalance_factor(imbalance_factor: float) -> float:
 
     Raises:
         ValueError: NaN, infinite, below 1, or not a number.
+
+    Examples:
+        >>> check_imbalance_factor(100)
+        100.0
+        >>> check_imbalance_factor(0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: imbalance_factor must be a finite number >= 1 (1 keeps classes balanced), got 0.5
     """
     ok = isinstance(imbalance_factor, Real) and not isinstance(imbalance_factor, bool)
     if not ok or not math.isfinite(imbalance_factor) or imbalance_factor < 1:

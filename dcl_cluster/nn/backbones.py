@@ -18,6 +18,9 @@ _RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 class ResNet(nn.Module):
     """A torchvision ResNet without its classifier, returning pooled features.
 
+    The ResNet of He et al., "Deep Residual Learning for Image Recognition", CVPR 2016;
+    the CIFAR stem is the one SimCLR (Chen et al., ICML 2020) uses for 32 px images.
+
     Args:
         name: ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
         cifar_stem: Replace the 7x7 stride-2 first convolution and the max-pool by one
@@ -115,7 +118,22 @@ class MLP(nn.Module):
 
 
 def feature_dim(backbone: nn.Module, in_channels: int, image_size: int) -> int:
-    """The backbone's ``out_dim``, or its output width on a dummy batch when it has none."""
+    """The backbone's ``out_dim``, or its output width on a dummy batch when it has none.
+
+    Args:
+        backbone: Any module mapping ``(B, in_channels, S, S)`` images to features.
+        in_channels: Channels of the dummy batch.
+        image_size: Side ``S`` of the dummy batch.
+
+    Returns:
+        The number of features per image (after flattening).
+
+    Examples:
+        >>> feature_dim(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1)), 3, 32)
+        8
+        >>> feature_dim(SmallCNN(in_channels=1, width=8), 1, 8)  # uses out_dim
+        64
+    """
     if hasattr(backbone, "out_dim"):
         return int(backbone.out_dim)
     was_training = backbone.training

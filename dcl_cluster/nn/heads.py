@@ -19,6 +19,11 @@ class ProjectionHead(nn.Module):
     """A head composed of ``(in, out, norm, activation)`` blocks, each a Linear layer
     followed by the optional normalisation and activation modules.
 
+    The composition follows lightly's heads; a Linear layer followed by a norm has no bias.
+
+    Args:
+        blocks: ``(in_dim, out_dim, norm or None, activation or None)`` per Linear layer.
+
     Examples:
         >>> head = ProjectionHead([(512, 256, nn.BatchNorm1d(256), nn.ReLU()), (256, 128, None, None)])
         >>> head(torch.randn(4, 512)).shape
@@ -43,12 +48,20 @@ class ProjectionHead(nn.Module):
 class MLPProjectionHead(ProjectionHead):
     """SimCLR's projector: ``num_layers`` Linear layers, BN + ReLU between them.
 
+    The nonlinear projection head of Chen et al., "A Simple Framework for Contrastive
+    Learning of Visual Representations", ICML 2020 (two layers by default).
+
     Args:
         input_dim: Feature size of the backbone.
         hidden_dim: Width of the hidden layers.
         output_dim: Size of the projection ``z``.
         num_layers: Number of Linear layers (>= 1).
         batch_norm: Batch normalisation after each hidden layer.
+
+    Examples:
+        >>> head = MLPProjectionHead(512, hidden_dim=256, output_dim=128)
+        >>> head(torch.randn(4, 512)).shape
+        torch.Size([4, 128])
     """
 
     def __init__(
@@ -78,12 +91,25 @@ class ClusterHead(nn.Module):
     ``kind="softmax"``: a two-layer MLP with a softmax output, as the cluster projector of
     Contrastive Clustering (METHOD.md 2.3); ready from the start.
 
+    Implements the clustering layer of Xie et al., "Unsupervised Deep Embedding for
+    Clustering Analysis" (DEC), ICML 2016, and the cluster projector of Li et al.,
+    "Contrastive Clustering", AAAI 2021.
+
     Args:
         input_dim: Feature size ``d``.
         num_clusters: ``K >= 2``.
         kind: ``"student_t"`` or ``"softmax"``.
         alpha: Student-t degrees of freedom.
         hidden_dim: Hidden width of the softmax head.
+
+    Examples:
+        >>> head = ClusterHead(input_dim=16, num_clusters=3, kind="student_t")
+        >>> head.ready  # DEC centroids wait for k-means
+        False
+        >>> head.init_centroids(torch.randn(3, 16))
+        >>> q = head(torch.randn(5, 16))
+        >>> q.shape, torch.allclose(q.sum(dim=1), torch.ones(5))
+        (torch.Size([5, 3]), True)
     """
 
     def __init__(
