@@ -260,3 +260,26 @@ def test_real_cifar10_lt_from_the_npz_export(cifar10_npz_dir):
     original = dm.train_indices[index.numpy()]
     assert np.array_equal(_denormalise(views[2], dm), x_train[original])
     assert np.array_equal(y.numpy(), y_train[original])
+
+
+def test_views_depend_only_on_seed_epoch_and_index_not_on_rng_state_or_workers():
+    """What makes a resumed run draw the views of the uninterrupted one."""
+    batches = []
+    for workers, rng_seed in ((0, 1), (0, 2), (2, 3)):
+        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=32, clean_view=True,
+                                num_workers=workers, persistent_workers=False)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(5)
+        torch.manual_seed(rng_seed)  # a different global random state each time
+        batches.append(next(iter(loader)))
+    first = batches[0]
+    for other in batches[1:]:
+        assert torch.equal(first[2], other[2])
+        for a, b in zip(first[0], other[0], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(first[0][0], first[0][1]), "the two views of an image must differ"
+    dm.train_dataloader().sampler.set_epoch(6)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(6)
+    assert not torch.equal(next(iter(loader))[2], first[2]), "another epoch, another order"

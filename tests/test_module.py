@@ -150,6 +150,24 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.cluster_head.ready
 
 
+def test_resume_with_the_real_datamodule_and_augmentations(tmp_path):
+    from dcl_cluster import LongTailDataModule
+
+    def run(root, ckpt_path=None, callbacks=(), seed=0):
+        pl.seed_everything(seed)
+        module = small("dcl_cluster", warmup_epochs=1, lr=1e-2)
+        trainer = make_trainer(root, max_epochs=3, enable_checkpointing=True, callbacks=list(callbacks))
+        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=128, clean_view=True)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return module, trainer
+
+    full, _ = run(tmp_path / "full")
+    _, first = run(tmp_path / "part", callbacks=[InterruptAfter(2)])
+    resumed, _ = run(tmp_path / "part", ckpt_path=first.checkpoint_callback.best_model_path, seed=7)
+    for (name, p_full), p_res in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p_res, p_full, msg=f"{name} differs after resume")
+
+
 def test_load_from_checkpoint_outside_the_cli(tmp_path):
     module = small("dcl_cluster", warmup_epochs=0)
     trainer = make_trainer(tmp_path, max_epochs=1, enable_checkpointing=True)

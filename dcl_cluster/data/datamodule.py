@@ -301,7 +301,7 @@ class LongTailDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """``(views, y, index)`` batches in a seeded order (see the class docstring)."""
         self._require_setup()
-        sampler = SeededEpochSampler(len(self.train_dataset), self.hparams.seed)
+        sampler = SeededEpochSampler(len(self.train_dataset), self.hparams.seed, augmentation_seeds=True)
         return self._loader(self.train_dataset, self.batch_size, self._view_collate,
                             sampler=sampler, drop_last=self.hparams.drop_last)
 

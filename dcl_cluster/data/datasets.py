@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dcl_cluster.data.folders import read_image_file
+from dcl_cluster.data.transforms import seeded
 
 
 class ArrayImages:
@@ -80,8 +81,19 @@ def image_store(images, indices: np.ndarray | None = None):
     return LazyArrayImages(images)
 
 
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentations in one epoch: a function of nothing else, so
+    views are the same whatever the worker count, and a resumed run draws the views of the
+    uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
 class ViewDataset(Dataset):
     """``i -> ([view_a, view_b(, clean)], y, i)``, views uint8 ``(C, S, S)``.
+
+    Indexed by ``(i, seed)`` pairs (what :class:`SeededEpochSampler` yields), the random
+    views are drawn under ``seed`` and the seed is passed on for the batch's photometric
+    augmentation; indexed by a plain ``i``, they use the global random state.
 
     Args:
         images: a store from :func:`image_store`.
@@ -100,12 +112,15 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.images[i]
-        views = [self.view(img), self.view(img)]
+        with seeded(seed):
+            views = [self.view(img), self.view(img)]
         if self.clean is not None:
             views.append(self.clean(img))
-        return views, int(self.labels[i]), i
+        return views, int(self.labels[i]), i, seed
+
 
 
 class EvalDataset(Dataset):
@@ -125,19 +140,22 @@ class EvalDataset(Dataset):
         return (x, y, i) if self.with_index else (x, y)
 
 
-class SeededEpochSampler(Sampler[int]):
+class SeededEpochSampler(Sampler):
     """Random order that depends only on ``(seed, epoch)``: same seed, same batches.
 
     Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the orders of
-    the uninterrupted one; used alone, each new iteration moves to the next epoch.
+    the uninterrupted one; used alone, each new iteration moves to the next epoch. With
+    ``augmentation_seeds=True`` it yields ``(index, augmentation_seed(seed, epoch, index))``
+    pairs for :class:`ViewDataset`, so the views are reproducible too.
 
     Examples:
         >>> list(SeededEpochSampler(5, seed=0)) == list(SeededEpochSampler(5, seed=0))
         True
     """
 
-    def __init__(self, num_samples: int, seed: int = 0):
+    def __init__(self, num_samples: int, seed: int = 0, augmentation_seeds: bool = False):
         self.num_samples, self.seed, self.epoch = int(num_samples), int(seed), 0
+        self.augmentation_seeds = augmentation_seeds
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -148,5 +166,8 @@ class SeededEpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
         g = torch.Generator().manual_seed(int(state))
-        self.epoch += 1
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = torch.randperm(self.num_samples, generator=g).tolist()
+        if self.augmentation_seeds:
+            return iter([(i, augmentation_seed(self.seed, epoch, i)) for i in order])
+        return iter(order)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -313,6 +314,18 @@ def single_threaded():
         torch.set_num_threads(threads)
 
 
+@contextmanager
+def seeded(seed: int | None):
+    """Draw from the global torch random state seeded with ``seed``, restoring it after;
+    ``None`` leaves the global state alone."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class ViewCollate:
     """Collate ``(views_uint8, y, index)`` samples into ``([x_a, x_b(, x_clean)], y, index)``.
 
@@ -326,9 +339,10 @@ class ViewCollate:
         self.num_augmented = num_augmented
 
     def __call__(self, samples):
-        views, ys, idx = zip(*samples, strict=True)
+        views, ys, idx, seeds = zip(*samples, strict=True)
         out = []
-        with single_threaded():
+        batch_seed = None if seeds[0] is None else int(np.random.SeedSequence(seeds).generate_state(1)[0])
+        with single_threaded(), seeded(batch_seed):
             for k in range(len(views[0])):
                 x = self.normalize.to_unit(torch.stack([v[k] for v in views]))  # (B, C, S, S)
                 if k < self.num_augmented:
