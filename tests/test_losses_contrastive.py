@@ -241,3 +241,14 @@ class TestErrors:
     def test_batch_of_one(self):
         with pytest.raises(ValueError, match="B=1"):
             debiased_contrastive_loss(torch.randn(1, 3), torch.randn(1, 3))
+
+
+def test_second_backward_with_retained_graph_gives_the_same_gradients():
+    # the fused backward turns its saved logit buffer into the softmax in place; a second
+    # backward must rebuild it rather than reuse it
+    z_a, z_b = random_views(5, 4, seed=31)
+    z_a.requires_grad_(True)
+    loss = debiased_contrastive_loss(z_a, z_b, 0.2, 0.1)
+    (first,) = torch.autograd.grad(loss, z_a, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, z_a)
+    torch.testing.assert_close(first, second)

@@ -45,31 +45,67 @@ def _check_views(z_a: Tensor, z_b: Tensor) -> None:
         raise ValueError(f"batch size B must be >= 2 (N = 2B - 2 negatives), got B={z_a.shape[0]}")
 
 
-def _logits_and_positives(z_a: Tensor, z_b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Cosine logits of each of the 2B anchors against every sample, and its positive.
-
-    Returns ``(logits, log_pos)``: ``logits`` is ``(2B, 2B)`` with ``-inf`` at the anchor
-    itself and at its positive, so a row's logsumexp is ``log sum_{k not in {i, j}} s_ik``;
-    ``log_pos`` is ``(2B,)`` with ``z_i . z_j / t``.
-    """
+def _normalized_views(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
+    """``normalize(cat([z_a, z_b]))`` of shape ``(2B, d)``, in float32 for half inputs."""
     _check_views(z_a, z_b)
     check_temperature(temperature)
-    b = z_a.shape[0]
     z = torch.cat([z_a, z_b])  # (2B, d)
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()  # normalise and score the positives in float32
-    z = F.normalize(z, dim=1)
-    logits = torch.mm(z / temperature, z.t())  # (2B, 2B); bf16 under autocast
+    return F.normalize(z, dim=1)
+
+
+def _masked_logits(z: Tensor, temperature: float) -> Tensor:
+    """``z z^T / t`` as ``(2B, 2B)`` float logits with ``-inf`` at each anchor itself and at
+    its positive (the other view), so a row's logsumexp is ``log sum_{k not in {i, j}} s_ik``."""
+    n = z.shape[0]
+    logits = torch.mm(z, z.t())  # (2B, 2B); bf16 under autocast
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    rows = torch.arange(2 * b, device=z.device)
-    positive = (rows + b) % (2 * b)
-    # Masking in place touches 4B entries; mm's backward does not need its output.
-    logits.view(-1).index_fill_(
-        0, torch.cat([rows * (2 * b) + rows, rows * (2 * b) + positive]), float("-inf")
-    )
+    logits.mul_(1.0 / temperature)
+    rows = torch.arange(n, device=z.device)
+    positive = (rows + n // 2) % n
+    logits.view(-1).index_fill_(0, torch.cat([rows * n + rows, rows * n + positive]), float("-inf"))
+    return logits
+
+
+class _NegativeLogSumExp(torch.autograd.Function):
+    """``log sum_{k not in {i, j(i)}} exp(z_i . z_k / t)`` for each row of normalised ``z``.
+
+    The backward is written out so that the one ``(2B, 2B)`` logit buffer saved by the
+    forward becomes the softmax in place: besides it, only the ``(2B, d)`` gradient is
+    allocated (this is the hot path of every contrastive loss).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, temperature: float) -> Tensor:  # type: ignore[override]
+        logits = _masked_logits(z, temperature)
+        lse = torch.logsumexp(logits, dim=1)  # (2B,)
+        ctx.save_for_backward(z, lse)
+        ctx.temperature = temperature
+        ctx.logits = logits  # not a saved tensor: the backward consumes it in place
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        z, lse = ctx.saved_tensors
+        logits, ctx.logits = ctx.logits, None
+        if logits is None:  # a second backward (retain_graph=True): rebuild the logits
+            logits = _masked_logits(z, ctx.temperature)
+        # d lse_i / d logit_ik = softmax_ik; -inf entries give exactly 0
+        weights = logits.sub_(lse.unsqueeze(1)).exp_().mul_(grad_lse.to(logits.dtype).unsqueeze(1))
+        zf = z.to(weights.dtype)
+        grad = (torch.mm(weights, zf) + torch.mm(weights.t(), zf)).mul_(1.0 / ctx.temperature)
+        return grad.to(z.dtype), None
+
+
+def _log_pos_and_neg(z_a: Tensor, z_b: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``(log_pos, log_neg)``, each ``(2B,)``: ``z_i . z_j / t`` and the log of the sum of
+    ``s_ik`` over the ``N = 2B - 2`` negatives of anchor ``i``."""
+    z = _normalized_views(z_a, z_b, temperature)
+    b = z_a.shape[0]
     log_pos = (z[:b] * z[b:]).sum(dim=1) / temperature  # (B,)
-    return logits, torch.cat([log_pos, log_pos])
+    return torch.cat([log_pos, log_pos]), _NegativeLogSumExp.apply(z, temperature)
 
 
 def _tau_plus_per_anchor(tau_plus: float | Tensor, n_anchors: int, like: Tensor) -> float | Tensor:
@@ -134,8 +170,7 @@ def info_nce_loss(z_a: Tensor, z_b: Tensor, temperature: float = 0.5) -> Tensor:
         >>> info_nce_loss(z_a, z_b, temperature=0.5).shape
         torch.Size([])
     """
-    logits, log_pos = _logits_and_positives(z_a, z_b, temperature)
-    log_neg = torch.logsumexp(logits, dim=1)  # (2B,)
+    log_pos, log_neg = _log_pos_and_neg(z_a, z_b, temperature)
     return (torch.logaddexp(log_pos, log_neg) - log_pos).mean()
 
 
@@ -168,10 +203,9 @@ def debiased_contrastive_loss(
         >>> bool(torch.isfinite(loss))
         True
     """
-    logits, log_pos = _logits_and_positives(z_a, z_b, temperature)
-    tau = _tau_plus_per_anchor(tau_plus, logits.shape[0], logits)
-    log_neg = torch.logsumexp(logits, dim=1)
-    return _debiased_from_log_terms(log_pos, log_neg, logits.shape[0] - 2, temperature, tau)
+    log_pos, log_neg = _log_pos_and_neg(z_a, z_b, temperature)
+    tau = _tau_plus_per_anchor(tau_plus, log_pos.shape[0], log_pos)
+    return _debiased_from_log_terms(log_pos, log_neg, log_pos.shape[0] - 2, temperature, tau)
 
 
 def hard_negative_loss(
@@ -205,15 +239,15 @@ def hard_negative_loss(
         0
     """
     check_beta(beta)
-    logits, log_pos = _logits_and_positives(z_a, z_b, temperature)
-    tau = _tau_plus_per_anchor(tau_plus, logits.shape[0], logits)
-    n_neg = logits.shape[0] - 2
     if beta == 0:
-        log_neg = torch.logsumexp(logits, dim=1)
-    else:  # log(N * sum s^(1+beta) / sum s^beta); -inf entries stay -inf for beta > 0
-        log_neg = (
-            torch.logsumexp((1 + beta) * logits, dim=1)
-            - torch.logsumexp(beta * logits, dim=1)
-            + math.log(n_neg)
-        )
+        return debiased_contrastive_loss(z_a, z_b, temperature, tau_plus)
+    z = _normalized_views(z_a, z_b, temperature)
+    b = z_a.shape[0]
+    log_pos = (z[:b] * z[b:]).sum(dim=1) / temperature
+    log_pos = torch.cat([log_pos, log_pos])
+    tau = _tau_plus_per_anchor(tau_plus, 2 * b, log_pos)
+    logits = _masked_logits(z, temperature)  # autograd through it: the weights carry gradients
+    n_neg = 2 * b - 2
+    # log(N * sum s^(1+beta) / sum s^beta); -inf entries stay -inf for beta > 0
+    log_neg = torch.logsumexp((1 + beta) * logits, dim=1) - torch.logsumexp(beta * logits, dim=1) + math.log(n_neg)
     return _debiased_from_log_terms(log_pos, log_neg, n_neg, temperature, tau)
