@@ -3,9 +3,11 @@ and peak resident memory of a callable measured in a fresh child process."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
-import resource
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,18 +27,35 @@ def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: in
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _child(make: Callable[[], Callable[[], object]], queue: mp.Queue) -> None:
     fn = make()  # inputs and imports are allocated before the baseline is read
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()  # warm-up: lazy initialisation (thread pools, kernels) is not working memory
+    gc.collect()
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def poll() -> None:  # the resident set sampled while fn runs (torch ops release the GIL)
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
     fn()
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+    done.set()
+    thread.join()
+    queue.put(max(0, peak[0] - base) / 2**20)
 
 
 def peak_memory_mib(make: Callable[[], Callable[[], object]]) -> float:
-    """Growth of the peak resident set (MiB) during one call of ``make()``'s callable, in a
-    fresh spawned process (inputs are made before the baseline is read). ``make`` must be a
-    picklable module-level function. Includes a few MiB of one-time lazy initialisation,
-    alike for every contender."""
+    """Peak growth of the resident set (MiB) during one call of ``make()``'s callable, after
+    one warm-up call, in a fresh spawned process; the resident set is sampled by a thread
+    while the call runs. ``make`` must be a picklable module-level function. Large buffers
+    are returned to the system when freed (glibc's mmap threshold), so the growth is the
+    call's working memory; very short peaks may be missed."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(make, queue))

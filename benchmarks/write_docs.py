@@ -1,0 +1,149 @@
+"""Render benchmarks/results/{speed,quality}.json into the tables of docs/benchmarks.md.
+
+    python benchmarks/write_docs.py     # rewrites the generated blocks of docs/benchmarks.md
+
+Only the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` markers is replaced,
+so the commentary around the tables stays as written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "docs" / "benchmarks.md"
+
+
+def _f(x, digits=3):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def loss_table(rows):
+    out = ["| B | contender | ms (median) | time / ours | peak memory (MiB) |", "|---:|---|---:|---:|---:|"]
+    for r in rows:
+        mem = _f(r.get("peak_mib"), 0)
+        out.append(f"| {r['B']} | {r['contender']} | {_f(r['ms'], 1)} | {_f(r['x_ours'], 2)} | {mem} |")
+    return out
+
+
+def kmeans_table(rows):
+    out = ["| N x d | K | n_init | dcl_cluster (s) | scikit-learn (s) | speed-up | inertia ours / sklearn |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['N']} x {r['d']} | {r['K']} | {r['n_init']} | {_f(r['ours_s'], 2)} | "
+                   f"{_f(r['sklearn_s'], 2)} | {_f(r['speedup'], 1)}x | {_f(r['inertia_ratio'], 4)} |")
+    return out
+
+
+def metrics_table(rows):
+    out = ["| labels | classes | ClusteringMetrics (s) | scikit-learn NMI + ARI (s) | speed-up | max abs diff |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        diff = max(r["nmi_diff"], r["ari_diff"])
+        out.append(f"| {r['N']:,} | {r['classes']} | {_f(r['ours_s'], 3)} | {_f(r['sklearn_nmi_ari_s'], 3)} | "
+                   f"{_f(r['speedup'], 1)}x | {diff:.1e} |")
+    return out
+
+
+def throughput_table(rows):
+    out = ["| backbone | batch | channels-last | bf16 | plain SimCLR loop (img/s) | module, 2 views (img/s) | "
+           "ratio | module, + clean view (img/s) | ratio |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['backbone']} | {r['batch']} | {r['channels_last']} | {r['bf16']} | "
+                   f"{_f(r['plain_simclr_img_s'], 0)} | {_f(r['module_2views_img_s'], 0)} | "
+                   f"{_f(r['ratio_2views'], 2)} | {_f(r['module_3views_img_s'], 0)} | {_f(r['ratio_3views'], 2)} |")
+    return out
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def quality_table(rows, split):
+    keys = ["nmi", "acc", "balanced_acc", "ari", "head_acc", "medium_acc", "tail_acc"]
+    out = ["| IF | method | clusters from | seeds | NMI | ACC | bal. ACC | ARI | head | medium | tail | "
+           "wall (min) | peak RSS (GiB) |", "|---:|---|---|---:|" + "---:|" * 9]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["imbalance_factor"], r["preset"]), []).append(r)
+    for (imbalance, preset), runs in groups.items():
+        cells = [_mean_std([r[split].get(k) for r in runs]) for k in keys]
+        wall = _mean_std([r["wall_s"] / 60 for r in runs if "wall_s" in r]) if "wall_s" in runs[0] else "-"
+        rss = _mean_std([r["peak_rss_mib"] / 1024 for r in runs if "peak_rss_mib" in r]) \
+            if "peak_rss_mib" in runs[0] else "-"
+        out.append(f"| {imbalance:g} | {preset} | {runs[0][split]['source']} | {len(runs)} | "
+                   + " | ".join(cells) + f" | {wall} | {rss} |")
+    return out
+
+
+def plot_per_class(rows, split, path: Path) -> None:
+    """Per-class accuracy (Hungarian-matched recall) against class rank, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    factors = sorted({r["imbalance_factor"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(factors), figsize=(5.5 * len(factors), 3.8), squeeze=False)
+    for ax, factor in zip(axes[0], factors, strict=True):
+        groups: dict = {}
+        for r in rows:
+            if r["imbalance_factor"] == factor:
+                groups.setdefault(r["preset"], []).append(r[split]["per_class_recall"])
+        for preset, recalls in groups.items():
+            counts = next(r for r in rows if r["imbalance_factor"] == factor and "train_class_counts" in r)
+            order = sorted(range(len(recalls[0])), key=lambda c: -counts["train_class_counts"][c])
+            mean = [sum(rec[c] for rec in recalls) / len(recalls) for c in order]
+            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {"marker": "o"}
+            ax.plot(range(1, len(mean) + 1), mean, label=preset, **style)
+        ax.set_title(f"CIFAR-10-LT, IF {factor:g}, {split} set")
+        ax.set_xlabel("class rank by training frequency (1 = largest)")
+        ax.set_ylabel("per-class accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def replace_block(text, name, lines):
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"docs/benchmarks.md has no <!-- {name}:start/end --> markers")
+    return pattern.sub(lambda m: m.group(1) + "\n".join(lines) + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    text = DOC.read_text()
+    speed_path, quality_path = HERE / "results" / "speed.json", HERE / "results" / "quality.json"
+    if speed_path.exists():
+        speed = json.loads(speed_path.read_text())
+        for name, fn in (("loss", loss_table), ("kmeans", kmeans_table), ("metrics", metrics_table),
+                         ("throughput", throughput_table)):
+            if name in speed:
+                text = replace_block(text, name, fn(speed[name]))
+    if quality_path.exists():
+        quality = json.loads(quality_path.read_text())
+        text = replace_block(text, "quality-train", quality_table(quality, "train"))
+        text = replace_block(text, "quality-test", quality_table(quality, "test"))
+        for split in ("train", "test"):
+            plot_per_class(quality, split, DOC.parent / "assets" / f"quality_per_class_{split}.png")
+    DOC.write_text(text)
+    print(f"wrote {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
