@@ -9,6 +9,7 @@ built by :meth:`DebiasedClusterModule.loss_terms`, which a subclass extends with
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,9 +160,14 @@ class DebiasedClusterModule(pl.LightningModule):
                     f"this checkpoint was trained with an injected {name} ({value}); pass "
                     f"{name}=<the same architecture> to load_from_checkpoint"
                 )
-        self.save_hyperparameters()
-        for name, value in (("backbone", backbone), ("projector", projector)):
-            if isinstance(value, nn.Module):  # weights live in the state dict; keep a marker
+        with warnings.catch_warnings():  # injected modules are handled just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        for name in ("backbone", "projector"):
+            value = self.hparams.get(name)
+            # A module built in Python: its weights live in the state dict; keep a marker.
+            # (Under LightningCLI the hparams hold its class_path config, which reloads.)
+            if isinstance(value, nn.Module):
                 self.hparams[name] = f"injected {type(value).__qualname__}"
         self._validate_objective()
         self.backbone = backbone

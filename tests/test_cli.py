@@ -55,6 +55,20 @@ def test_default_run_trains_and_reports(tmp_path, capsys):
         assert 0 <= report[split]["k-means"]["nmi"] <= 1
 
 
+def test_checkpoint_of_a_cli_run_with_an_injected_backbone_reloads(tmp_path):
+    from dcl_cluster import DebiasedClusterModule
+    from dcl_cluster.nn import SmallCNN
+
+    main(["fit", "--config", str(CONFIGS / "digits_lt.yaml"), "--trainer.max_epochs=1",
+          "--trainer.check_val_every_n_epoch=1", "--evaluator.every_n_epochs=1", "--model.warmup_epochs=0",
+          "--model.backbone=dcl_cluster.nn.SmallCNN", "--model.backbone.in_channels=1", "--model.backbone.width=8",
+          f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          "--report=false"])
+    module = DebiasedClusterModule.load_from_checkpoint(next(tmp_path.rglob("*.ckpt")))
+    assert isinstance(module.backbone, SmallCNN) and module.backbone.out_dim == 64
+    assert module.cluster_head.ready
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="CPU DDP with gloo is exercised on Linux")
 def test_cli_ddp_two_cpu_processes(tmp_path):
     """``--trainer.strategy ddp`` relaunches the command as rank 1: run it as its own process."""
