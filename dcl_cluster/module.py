@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from dcl_cluster.cluster.kmeans import KMeans
+from dcl_cluster.cluster.centroids import kmeans_centroids
 from dcl_cluster.losses import (
     ClusterContrastiveLoss,
     DebiasedContrastiveLoss,
@@ -26,33 +25,12 @@ from dcl_cluster.losses import (
     InfoNCELoss,
     anchor_loss,
 )
-from dcl_cluster.losses.clustering import check_size_exponent
-from dcl_cluster.losses.contrastive import check_tau_plus, check_temperature
 from dcl_cluster.nn import ClusterHead, MLPProjectionHead, ResNet, SmallCNN, feature_dim
+from dcl_cluster.objective import StepOutputs, check_finite, check_num_clusters, validate_objective
 from dcl_cluster.optim import build_optimizer
 from dcl_cluster.presets import preset
 
 __all__ = ["DebiasedClusterModule", "StepOutputs"]
-
-_CONTRASTIVE = ("info_nce", "debiased", "hard_negative")
-_CLUSTERING = ("none", "dec", "cc")
-_TAU_MODES = ("uniform", "cluster_prior")
-
-
-@dataclass
-class StepOutputs:
-    """What one forward of a training batch produced; ``q_*`` are None while the
-    clustering terms are off, ``*_clean`` when the batch has no clean view."""
-
-    h_a: Tensor
-    h_b: Tensor
-    z_a: Tensor
-    z_b: Tensor
-    h_clean: Tensor | None = None
-    q_a: Tensor | None = None
-    q_b: Tensor | None = None
-    q_clean: Tensor | None = None
-
 
 class DebiasedClusterModule(pl.LightningModule):
     """Joint debiased contrastive learning and clustering for long-tailed images.
@@ -169,7 +147,7 @@ class DebiasedClusterModule(pl.LightningModule):
             # (Under LightningCLI the hparams hold its class_path config, which reloads.)
             if isinstance(value, nn.Module):
                 self.hparams[name] = f"injected {type(value).__qualname__}"
-        self._validate_objective()
+        validate_objective(self.hparams)
         self.backbone = backbone
         self.projector = projector
         self.cluster_head: ClusterHead | None = None
@@ -187,45 +165,6 @@ class DebiasedClusterModule(pl.LightningModule):
         return cls(**{**preset(name), **overrides})
 
     # ------------------------------------------------------------------ construction
-    def _validate_objective(self) -> None:
-        hp = self.hparams
-        if hp.contrastive not in _CONTRASTIVE:
-            raise ValueError(f"contrastive must be one of {_CONTRASTIVE}, got {hp.contrastive!r}")
-        if hp.clustering not in _CLUSTERING:
-            raise ValueError(f"clustering must be one of {_CLUSTERING}, got {hp.clustering!r}")
-        check_temperature(hp.temperature)
-        check_temperature(hp.cluster_temperature)
-        if isinstance(hp.tau_plus, str):
-            if hp.tau_plus not in _TAU_MODES:
-                raise ValueError(f"tau_plus must be a float in [0, 1) or one of {_TAU_MODES}, got {hp.tau_plus!r}")
-            if hp.tau_plus == "cluster_prior" and hp.clustering == "none":
-                raise ValueError("tau_plus='cluster_prior' needs a cluster head: set clustering to 'dec' or 'cc'")
-        else:
-            check_tau_plus(hp.tau_plus)
-        check_tau_plus(hp.tau_plus_warmup)
-        if not 0 <= hp.tau_min <= hp.tau_max < 1:
-            raise ValueError(f"need 0 <= tau_min <= tau_max < 1, got tau_min={hp.tau_min}, tau_max={hp.tau_max}")
-        if not 0 <= hp.prior_momentum < 1:
-            raise ValueError(f"prior_momentum must be in [0, 1), got {hp.prior_momentum}")
-        for name in ("gamma", "delta", "beta"):
-            if not math.isfinite(hp[name]) or hp[name] < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {hp[name]}")
-        check_size_exponent(hp.size_exponent)
-        if hp.dec_input not in ("clean", "views"):
-            raise ValueError(f"dec_input must be 'clean' or 'views', got {hp.dec_input!r}")
-        if hp.delta > 0 and hp.clustering == "none":
-            raise ValueError(f"delta={hp.delta} (anchor loss) needs a cluster head: set clustering to 'dec' or 'cc'")
-        if hp.warmup_epochs < 0 or hp.lr_warmup_epochs < 0:
-            raise ValueError("warmup_epochs and lr_warmup_epochs must be >= 0, got "
-                             f"{hp.warmup_epochs} and {hp.lr_warmup_epochs}")
-        if hp.num_clusters is not None:
-            self._check_num_clusters(hp.num_clusters)
-
-    @staticmethod
-    def _check_num_clusters(k: int) -> None:
-        if not isinstance(k, int) or k < 2:
-            raise ValueError(f"num_clusters must be an integer >= 2, got {k!r}")
-
     def _make_contrastive_loss(self) -> nn.Module:
         hp = self.hparams
         t, gather = hp.temperature, hp.gather_distributed
@@ -239,16 +178,14 @@ class DebiasedClusterModule(pl.LightningModule):
     def _build(self, in_channels: int, image_size: int, num_clusters: int | None) -> None:
         hp = self.hparams
         if self.backbone is None:
-            self.backbone = (
-                SmallCNN(in_channels, hp.backbone_width)
-                if image_size <= 64
-                else ResNet("resnet18", cifar_stem=False, in_channels=in_channels)
-            )
+            small = image_size <= 64  # else ResNet-18 with the ImageNet stem
+            self.backbone = (SmallCNN(in_channels, hp.backbone_width) if small
+                             else ResNet(cifar_stem=False, in_channels=in_channels))
         dim = feature_dim(self.backbone, in_channels, image_size)
         if self.projector is None:
             self.projector = MLPProjectionHead(dim, hp.projection_hidden_dim, hp.projection_dim)
         if hp.clustering != "none" and self.cluster_head is None:
-            self._check_num_clusters(num_clusters)
+            check_num_clusters(num_clusters)
             kind = "student_t" if hp.clustering == "dec" else "softmax"
             self.cluster_head = ClusterHead(dim, num_clusters, kind, hp.dec_alpha, hp.cluster_hidden_dim)
             self.cluster_prior = torch.full((num_clusters,), 1.0 / num_clusters)
@@ -366,14 +303,7 @@ class DebiasedClusterModule(pl.LightningModule):
             # During the warm-up the head is idle; a zero-weight term keeps its parameters in
             # the graph so DDP does not stop on unused parameters (their gradient is zero).
             loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
-        if not torch.isfinite(loss):
-            bad = [name for name, (_, value) in terms.items() if not torch.isfinite(value)]
-            raise FloatingPointError(
-                f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, batch "
-                f"{batch_idx}): term(s) {bad or list(terms)} = "
-                f"{ {k: float(v.detach()) for k, (_, v) in terms.items()} }; "
-                "lower the learning rate or raise the temperature"
-            )
+        check_finite(loss, terms, f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})")
         if out.q_a is not None:
             self._update_cluster_prior(torch.cat([out.q_a, out.q_b]).detach())
         self._log_step(loss, terms, tau, len(views[0]))
@@ -427,15 +357,8 @@ class DebiasedClusterModule(pl.LightningModule):
         self.eval()
         features = torch.cat([self(batch[0].to(self.device)).float() for batch in loader])
         self.train(was_training)
-        k = self.cluster_head.num_clusters
-        if k > features.shape[0]:
-            raise ValueError(
-                f"num_clusters={k} is more than the {features.shape[0]} training samples available for "
-                "the centroid k-means: use fewer clusters or more data"
-            )
-        kmeans = KMeans(k, n_init=self.hparams.kmeans_n_init, seed=0).fit(features)
-        centers = torch.as_tensor(kmeans.cluster_centers_, device=self.device, dtype=torch.float32)
-        sizes = torch.bincount(torch.as_tensor(kmeans.labels_).long().cpu(), minlength=k).float()
+        centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init)
+        centers = centers.to(self.device)
         if self._trainer is not None and self.trainer.world_size > 1:  # rank 0's result everywhere
             centers = self.trainer.strategy.broadcast(centers, src=0)
             sizes = self.trainer.strategy.broadcast(sizes, src=0)

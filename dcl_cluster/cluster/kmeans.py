@@ -396,3 +396,4 @@ class KMeans:
             sums[new] = far_x[j]
             counts[new] = 1
         return True
+
