@@ -164,7 +164,6 @@ class DebiasedClusterModule(pl.LightningModule):
         ``dcl_cluster``; METHOD.md 2.4), any argument overridden."""
         return cls(**{**preset(name), **overrides})
 
-    # ------------------------------------------------------------------ construction
     def _make_contrastive_loss(self) -> nn.Module:
         hp = self.hparams
         t, gather = hp.temperature, hp.gather_distributed
@@ -224,7 +223,6 @@ class DebiasedClusterModule(pl.LightningModule):
                 f"trainer.max_epochs={max_epochs}: use warmup_epochs < max_epochs"
             )
 
-    # ------------------------------------------------------------------ forward pieces
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features ``h`` (the embeddings used for k-means and kNN evaluation)."""
         if self.hparams.channels_last and x.ndim == 4:
@@ -292,7 +290,6 @@ class DebiasedClusterModule(pl.LightningModule):
             raise ValueError(f"{what} needs the un-augmented view: set clean_view=True in the datamodule")
         return q_clean
 
-    # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         views = batch[0]
         out = self.shared_step(list(views))
@@ -368,6 +365,8 @@ class DebiasedClusterModule(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Returns the evaluator protocol's ``{"embeddings", "cluster_probs"}``."""
         return self._embed(batch[0])
+
+    test_step = validation_step
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         out = self._embed(batch[0])

@@ -55,6 +55,12 @@ def test_default_run_trains_and_reports(tmp_path, capsys):
         assert 0 <= report[split]["k-means"]["nmi"] <= 1
 
 
+def test_test_subcommand_reports_test_scores(tmp_path, capsys):
+    main(["test", "--config", str(CONFIGS / "digits_lt.yaml"), f"--trainer.default_root_dir={tmp_path}",
+          f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    assert "test/nmi" in capsys.readouterr().out
+
+
 def test_checkpoint_of_a_cli_run_with_an_injected_backbone_reloads(tmp_path):
     from dcl_cluster import DebiasedClusterModule
     from dcl_cluster.nn import SmallCNN

@@ -111,6 +111,16 @@ def test_cluster_prior_ema_update():
     torch.testing.assert_close(module.cluster_prior, expected)
 
 
+def test_trainer_test_logs_clustering_scores_under_test_prefix():
+    from dcl_cluster import ClusteringEvaluator
+
+    module = small("cc", in_channels=1, input_size=8, num_clusters=4)
+    trainer = make_trainer(callbacks=[ClusteringEvaluator()])
+    (scores,) = trainer.test(module, datamodule=ToyDataModule(), verbose=False)
+    assert {"test/nmi", "test/acc", "test/kmeans_nmi", "test/tail_acc"} <= set(scores)
+    assert 0 <= scores["test/nmi"] <= 1
+
+
 def test_validation_step_returns_the_evaluator_protocol():
     module = small("cc", in_channels=1, input_size=8, num_clusters=4)
     out = module.validation_step((torch.randn(3, 1, 8, 8), torch.zeros(3)), 0)

@@ -69,6 +69,8 @@ class ToyDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         return DataLoader(ToyEval(with_index=False), batch_size=32)
 
+    test_dataloader = val_dataloader
+
 
 class NoBatchNormNet(nn.Module):
     """A backbone without batch statistics, so a DDP step equals a single-process step."""

@@ -59,6 +59,7 @@ class ClusteringEvaluator(Callback):
         seed: k-means seed (the same on every rank and epoch).
         max_samples: Evaluate on at most this many validation samples.
         kmeans_metric: ``"euclidean"`` or ``"cosine"`` (spherical k-means).
+        test_prefix: Prefix of the keys logged by ``trainer.test()``, which is always evaluated.
 
     Examples:
         >>> from lightning.pytorch import Trainer
@@ -77,6 +78,7 @@ class ClusteringEvaluator(Callback):
         seed: int = 0,
         max_samples: int | None = None,
         kmeans_metric: str = "euclidean",
+        test_prefix: str = "test/",
     ) -> None:
         if source not in _SOURCES:
             raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
@@ -96,6 +98,7 @@ class ClusteringEvaluator(Callback):
         self.every_n_epochs = every_n_epochs
         self.source = source
         self.prefix = prefix
+        self.test_prefix = test_prefix
         self.kmeans_n_init = kmeans_n_init
         self.seed = seed
         self.kmeans_metric = kmeans_metric
@@ -124,6 +127,20 @@ class ClusteringEvaluator(Callback):
         self.buffer.add(trainer, emb, probs, labels)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish(trainer, pl_module, self.prefix)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._active = True  # trainer.test(): always, on the test loader, under ``test_prefix``
+        self.buffer.reset()
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish(trainer, pl_module, self.test_prefix)
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
         if not self._active:
             return
         self._active = False
@@ -133,7 +150,7 @@ class ClusteringEvaluator(Callback):
             return
         metrics = outputs = None
         if trainer.is_global_zero:
-            metrics, outputs = self.evaluate(data, getattr(trainer, "datamodule", None))
+            metrics, outputs = self.evaluate(data, getattr(trainer, "datamodule", None), prefix)
         if trainer.world_size > 1:
             metrics = trainer.strategy.broadcast(metrics, src=0)
         for key, value in metrics.items():
@@ -145,19 +162,21 @@ class ClusteringEvaluator(Callback):
             self.last_outputs = outputs
 
     # ----------------------------------------------------------------- computation
-    def evaluate(self, data: dict[str, torch.Tensor | None],
-                 datamodule: Any = None) -> tuple[dict[str, float], dict[str, Any]]:
+    def evaluate(self, data: dict[str, torch.Tensor | None], datamodule: Any = None,
+                 prefix: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
         """Scores (keys with ``prefix``) and predictions from gathered validation data.
 
         Args:
             data: ``{"embeddings": (N, d), "cluster_probs": (N, K) or None,
                 "labels": (N,)}``.
             datamodule: Optional object with ``num_classes`` / ``train_class_counts``.
+            prefix: Prefix of the keys; default ``self.prefix``.
 
         Returns:
             The metrics dict and ``{"embeddings", "labels", "preds", "head_preds",
             "kmeans_preds", "num_classes", "class_counts"}`` (tensors on CPU).
         """
+        prefix = self.prefix if prefix is None else prefix
         labels, emb, probs = data["labels"], data["embeddings"], data["cluster_probs"]
         num_classes = self.num_classes or getattr(datamodule, "num_classes", None)
         class_counts = self.class_counts or getattr(datamodule, "train_class_counts", None)
@@ -177,13 +196,13 @@ class ClusteringEvaluator(Callback):
             head_preds = probs.argmax(1)
             scores = clustering_scores(labels, head_preds, class_counts, num_classes,
                                        probs.shape[1])
-            metrics.update({f"{self.prefix}{name}": v for name, v in scores.items()})
+            metrics.update({f"{prefix}{name}": v for name, v in scores.items()})
         if self.source in ("kmeans", "auto"):
             k = min(self.num_clusters or num_classes, emb.shape[0])
             kmeans_preds = KMeans(k, n_init=self.kmeans_n_init, seed=self.seed,
                                   metric=self.kmeans_metric).fit_predict(emb)
             scores = clustering_scores(labels, kmeans_preds, class_counts, num_classes, k)
-            key = f"{self.prefix}kmeans_" if head_preds is not None else self.prefix
+            key = f"{prefix}kmeans_" if head_preds is not None else prefix
             metrics.update({f"{key}{name}": v for name, v in scores.items()})
         preds = head_preds if head_preds is not None else kmeans_preds
         outputs = {
