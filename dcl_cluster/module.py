@@ -8,7 +8,6 @@ built by :meth:`DebiasedClusterModule.loss_terms`, which a subclass extends with
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -26,7 +25,7 @@ from dcl_cluster.losses import (
     anchor_loss,
 )
 from dcl_cluster.nn import ClusterHead, MLPProjectionHead, ResNet, SmallCNN, feature_dim
-from dcl_cluster.objective import StepOutputs, check_finite, check_num_clusters, validate_objective
+from dcl_cluster.objective import StepOutputs, check_finite, check_num_clusters, step_metrics, validate_objective
 from dcl_cluster.optim import build_optimizer
 from dcl_cluster.presets import preset
 
@@ -306,6 +305,12 @@ class DebiasedClusterModule(pl.LightningModule):
         self._log_step(loss, terms, tau, len(views[0]))
         return loss
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        # The idle head's zero gradient only kept DDP happy: drop it, or weight decay erases the head.
+        if self.cluster_head is not None and not self.clustering_active:
+            for p in self.cluster_head.parameters():
+                p.grad = None
+
     @torch.no_grad()
     def _update_cluster_prior(self, q: Tensor) -> None:
         batch_sizes = q.float().mean(dim=0)
@@ -315,18 +320,9 @@ class DebiasedClusterModule(pl.LightningModule):
         self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
 
     def _log_step(self, loss: Tensor, terms: dict, tau: float | Tensor, batch_size: int) -> None:
+        logs_tau = self.hparams.contrastive != "info_nce"
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        for name, (_, value) in terms.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
-        if isinstance(tau, Tensor):
-            self.log_dict({"train/tau_plus_mean": tau.mean(), "train/tau_plus_min": tau.min(),
-                           "train/tau_plus_max": tau.max()}, batch_size=batch_size)
-        elif self.hparams.contrastive != "info_nce":
-            self.log("train/tau_plus_mean", float(tau), batch_size=batch_size)
-        if self.cluster_prior.numel():
-            pi = self.cluster_prior.clamp_min(1e-12)
-            entropy = -(pi * pi.log()).sum() / math.log(pi.numel())
-            self.log("train/cluster_size_entropy", entropy, batch_size=batch_size)
+        self.log_dict(step_metrics(terms, tau if logs_tau else None, self.cluster_prior), batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
         head = self.cluster_head

@@ -13,7 +13,7 @@ from torch import Tensor
 from dcl_cluster.losses.clustering import check_size_exponent
 from dcl_cluster.losses.contrastive import check_tau_plus, check_temperature
 
-__all__ = ["StepOutputs", "validate_objective", "check_num_clusters", "check_finite"]
+__all__ = ["StepOutputs", "validate_objective", "check_num_clusters", "check_finite", "step_metrics"]
 
 _CONTRASTIVE = ("info_nce", "debiased", "hard_negative")
 _CLUSTERING = ("none", "dec", "cc")
@@ -85,3 +85,18 @@ def check_finite(loss: Tensor, terms: dict[str, tuple[float, Tensor]], where: st
         f"non-finite loss at {where}: term(s) {bad or list(terms)} = {values}; "
         "lower the learning rate or raise the temperature"
     )
+
+
+def step_metrics(terms: dict[str, tuple[float, Tensor]], tau: float | Tensor | None, prior: Tensor) -> dict:
+    """What a training step logs besides the loss: every term, ``tau+`` (mean, and min/max
+    when per anchor) and the normalised entropy of the cluster-size prior (1 = equal sizes)."""
+    out: dict = {f"train/{name}": value for name, (_, value) in terms.items()}
+    if isinstance(tau, Tensor):
+        out.update({"train/tau_plus_mean": tau.mean(), "train/tau_plus_min": tau.min(),
+                    "train/tau_plus_max": tau.max()})
+    elif tau is not None:
+        out["train/tau_plus_mean"] = float(tau)
+    if prior.numel():
+        pi = prior.clamp_min(1e-12)
+        out["train/cluster_size_entropy"] = -(pi * pi.log()).sum() / math.log(pi.numel())
+    return out

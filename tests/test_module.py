@@ -44,6 +44,15 @@ def test_every_preset_trains_and_logs_its_terms(preset):
         torch.testing.assert_close(module.cluster_prior.sum(), torch.tensor(1.0))
 
 
+def test_idle_cluster_head_is_not_touched_during_warmup():
+    # Adam turns pure weight decay into steps of size lr: an idle softmax head was erased
+    module = small("cc", in_channels=1, input_size=8, num_clusters=4, warmup_epochs=2, weight_decay=1e-3, lr=1e-2)
+    before = {k: v.clone() for k, v in module.cluster_head.state_dict().items()}
+    make_trainer(max_epochs=3, callbacks=[InterruptAfter(2)]).fit(module, datamodule=ToyDataModule())
+    for name, value in module.cluster_head.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=f"cluster_head.{name} changed during warm-up")
+
+
 def test_facts_come_from_the_datamodule_and_are_saved():
     module = small("dcl_cluster")
     assert module.cluster_head is None  # nothing known before setup
