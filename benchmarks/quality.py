@@ -172,9 +172,9 @@ def main(argv=None) -> list[dict]:
                 rows.append(child(args, preset, seed, imbalance_factor))
                 print(json.dumps({k: rows[-1][k] for k in ("preset", "seed", "imbalance_factor", "wall_s")}),
                       flush=True)
-    if not args.smoke:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
+                if not args.smoke:  # after every run, so an interrupted benchmark keeps what it has
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps(rows, indent=2))
     return rows
 
 
