@@ -200,3 +200,15 @@ def test_ddp_spawn_gathers_every_rank_and_logs_the_same_scores():
     m = trainer.callback_metrics
     assert float(m["n_scored"]) == 200  # 100 per rank, gathered
     assert float(m["val/nmi"]) > 0.8 and float(m["val/acc"]) > 0.8
+
+
+def test_shot_thresholds_give_the_imagenet_lt_groups():
+    # class counts 150 / 60 / 10: many-shot (> 100), medium (20..100), few-shot (< 20)
+    evaluator = ClusteringEvaluator(num_classes=3, class_counts=[150, 60, 10], shot_thresholds=(100, 20))
+    labels = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    preds = torch.tensor([0] * 4 + [1, 1, 1, 0] + [0, 0, 2, 2])  # per-class recall 1, 3/4, 1/2
+    metrics, _ = evaluator.evaluate({"embeddings": torch.randn(12, 2), "cluster_probs": torch.eye(3)[preds],
+                                     "labels": labels})
+    assert metrics["val/head_acc"] == pytest.approx(1.0)
+    assert metrics["val/medium_acc"] == pytest.approx(0.75)
+    assert metrics["val/tail_acc"] == pytest.approx(0.5)

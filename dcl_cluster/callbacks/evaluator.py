@@ -60,6 +60,9 @@ class ClusteringEvaluator(Callback):
         max_samples: Evaluate on at most this many validation samples.
         kmeans_metric: ``"euclidean"`` or ``"cosine"`` (spherical k-means).
         test_prefix: Prefix of the keys logged by ``trainer.test()``, which is always evaluated.
+        shot_thresholds: ``(many, few)`` training counts for the head/medium/tail groups
+            instead of 30/40/30 % of the classes, e.g. ``(100, 20)`` for ImageNet-LT's
+            many/medium/few-shot split (Liu et al. 2019).
 
     Examples:
         >>> from lightning.pytorch import Trainer
@@ -79,6 +82,7 @@ class ClusteringEvaluator(Callback):
         max_samples: int | None = None,
         kmeans_metric: str = "euclidean",
         test_prefix: str = "test/",
+        shot_thresholds: tuple[int, int] | None = None,
     ) -> None:
         if source not in _SOURCES:
             raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
@@ -99,6 +103,7 @@ class ClusteringEvaluator(Callback):
         self.source = source
         self.prefix = prefix
         self.test_prefix = test_prefix
+        self.shot_thresholds = shot_thresholds
         self.kmeans_n_init = kmeans_n_init
         self.seed = seed
         self.kmeans_metric = kmeans_metric
@@ -195,13 +200,14 @@ class ClusteringEvaluator(Callback):
         if probs is not None and self.source in ("auto", "head"):
             head_preds = probs.argmax(1)
             scores = clustering_scores(labels, head_preds, class_counts, num_classes,
-                                       probs.shape[1])
+                                       probs.shape[1], self.shot_thresholds)
             metrics.update({f"{prefix}{name}": v for name, v in scores.items()})
         if self.source in ("kmeans", "auto"):
             k = min(self.num_clusters or num_classes, emb.shape[0])
             kmeans_preds = KMeans(k, n_init=self.kmeans_n_init, seed=self.seed,
                                   metric=self.kmeans_metric).fit_predict(emb)
-            scores = clustering_scores(labels, kmeans_preds, class_counts, num_classes, k)
+            scores = clustering_scores(labels, kmeans_preds, class_counts, num_classes, k,
+                                       self.shot_thresholds)
             key = f"{prefix}kmeans_" if head_preds is not None else prefix
             metrics.update({f"{key}{name}": v for name, v in scores.items()})
         preds = head_preds if head_preds is not None else kmeans_preds
