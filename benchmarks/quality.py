@@ -57,10 +57,8 @@ def run_one(args) -> dict:
     import torch
 
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
-    from dcl_cluster.metrics import clustering_scores
     from dcl_cluster.nn import ResNet
     from dcl_cluster.presets import PRESETS as SETTINGS
-    from dcl_cluster.report import cluster_predictions, collect
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.recipe]
@@ -81,21 +79,30 @@ def run_one(args) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     wall = time.perf_counter() - start
-    counts = list(dm.train_class_counts)
     result = {"preset": args.preset, "seed": args.seed, "imbalance_factor": args.imbalance_factor,
               "epochs": args.epochs, "recipe": args.recipe, "precision": args.precision, "width": args.width,
-              "train_class_counts": counts, "wall_s": wall}
+              "wall_s": wall, **score(module, dm, args.seed)}
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def score(module, dm, seed: int) -> dict:
+    """Scores on the long-tailed train set and the balanced test set: the head's clusters
+    where the module has a head (k-means on features under ``*_k-means``), else k-means."""
+    from dcl_cluster.metrics import clustering_scores
+    from dcl_cluster.report import cluster_predictions, collect
+
+    counts = list(dm.train_class_counts)
+    result = {"train_class_counts": counts}
     for split, loader in (("train", dm.train_eval_dataloader()), ("test", dm.test_dataloader())):
         embeddings, probs, labels = collect(module, loader)
-        for source, pred in cluster_predictions(embeddings, probs, dm.num_classes, args.seed).items():
-            # the head's clusters where the preset has a head, else k-means on features
+        for source, pred in cluster_predictions(embeddings, probs, dm.num_classes, seed).items():
             key = split if source == ("head" if probs is not None else "k-means") else f"{split}_{source}"
             result[key] = {"source": source, **clustering_scores(labels, pred, class_counts=counts,
                                                                  num_classes=dm.num_classes,
                                                                  num_clusters=dm.num_classes),
                            "per_class_recall": per_class_recall(labels.numpy(), pred.numpy(), dm.num_classes),
                            "cluster_sizes": np.bincount(pred.numpy(), minlength=dm.num_classes).tolist()}
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 

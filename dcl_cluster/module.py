@@ -62,12 +62,16 @@ class DebiasedClusterModule(pl.LightningModule):
             head is initialised.
         tau_min: Lower clip of the per-anchor cluster-prior ``tau+``.
         tau_max: Upper clip of the per-anchor cluster-prior ``tau+``.
-        prior_momentum: EMA momentum of the cluster-size prior ``pi``.
+        prior_momentum: EMA momentum of the cluster-size prior ``pi`` (estimated by k-means
+            at the end of the warm-up, then from the head's assignments); 1 keeps the
+            k-means estimate.
         beta: Hard-negative concentration (``contrastive="hard_negative"``).
         clustering: ``"none"``, ``"dec"`` (Student-t centroids) or ``"cc"`` (softmax head).
         gamma: Weight of the clustering term.
         delta: Weight of the anchor loss (needs a clean view and a cluster head).
         size_exponent: DEC target's cluster-size exponent (1 = DEC, 0 = no size pressure).
+        dec_target: DEC target: ``"batch"`` sizes, ``"dataset"`` sizes (the prior ``pi``),
+            or ``"prior"``-matched sizes (see :class:`~dcl_cluster.losses.DECClusteringLoss`).
         dec_input: ``"clean"`` (the un-augmented view; the datamodule needs
             ``clean_view=True``) or ``"views"`` (both augmented views).
         dec_alpha: Student-t degrees of freedom.
@@ -115,6 +119,7 @@ class DebiasedClusterModule(pl.LightningModule):
         gamma: float = 1.0,
         delta: float = 0.0,
         size_exponent: float = 1.0,
+        dec_target: str = "batch",
         dec_input: str = "clean",
         dec_alpha: float = 1.0,
         cluster_temperature: float = 1.0,
@@ -152,7 +157,7 @@ class DebiasedClusterModule(pl.LightningModule):
         self.cluster_head: ClusterHead | None = None
         self.register_buffer("cluster_prior", torch.empty(0))
         self.contrastive_loss = self._make_contrastive_loss()
-        self.dec_loss = DECClusteringLoss(size_exponent, gather_distributed)
+        self.dec_loss = DECClusteringLoss(size_exponent, gather_distributed, dec_target)
         self.cc_loss = ClusterContrastiveLoss(cluster_temperature, gather_distributed)
         if None not in (in_channels, input_size) and (num_clusters is not None or clustering == "none"):
             self._build(in_channels, input_size, num_clusters)
@@ -275,7 +280,7 @@ class DebiasedClusterModule(pl.LightningModule):
                 q = self._require_clean(out.q_clean, "dec_input='clean'")
             else:
                 q = torch.cat([out.q_a, out.q_b])
-            terms["clustering"] = (hp.gamma, self.dec_loss(q))
+            terms["clustering"] = (hp.gamma, self.dec_loss(q, prior=self.cluster_prior))
         elif hp.clustering == "cc":
             terms["clustering"] = (hp.gamma, self.cc_loss(out.q_a, out.q_b))
         if hp.delta > 0:

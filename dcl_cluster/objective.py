@@ -18,6 +18,7 @@ __all__ = ["StepOutputs", "validate_objective", "check_num_clusters", "check_fin
 _CONTRASTIVE = ("info_nce", "debiased", "hard_negative")
 _CLUSTERING = ("none", "dec", "cc")
 _TAU_MODES = ("uniform", "cluster_prior")
+_DEC_TARGETS = ("batch", "dataset", "prior")
 
 
 @dataclass
@@ -53,8 +54,10 @@ def validate_objective(hp: Any) -> None:
     check_tau_plus(hp.tau_plus_warmup)
     if not 0 <= hp.tau_min <= hp.tau_max < 1:
         raise ValueError(f"need 0 <= tau_min <= tau_max < 1, got tau_min={hp.tau_min}, tau_max={hp.tau_max}")
-    if not 0 <= hp.prior_momentum < 1:
-        raise ValueError(f"prior_momentum must be in [0, 1), got {hp.prior_momentum}")
+    if not 0 <= hp.prior_momentum <= 1:
+        raise ValueError(f"prior_momentum must be in [0, 1], got {hp.prior_momentum}")
+    if hp.get("dec_target", "batch") not in _DEC_TARGETS:
+        raise ValueError(f"dec_target must be one of {_DEC_TARGETS}, got {hp.dec_target!r}")
     for name in ("gamma", "delta", "beta"):
         if not math.isfinite(hp[name]) or hp[name] < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {hp[name]}")

@@ -31,3 +31,27 @@ def test_quality_benchmark_smoke():
     assert floor["preset"].startswith("k-means") and run["preset"] == "dcl_cluster"
     for split in ("train", "test"):
         assert 0 <= run[split]["nmi"] <= 1 and len(run[split]["per_class_recall"]) == 10
+
+
+def test_ablations_smoke_rows_equal_runs_from_scratch():
+    # Variants resume from a shared warm-up checkpoint trained with another warmup_epochs:
+    # each row must be exactly the run the variant makes from scratch.
+    import ablations
+    import lightning.pytorch as pl
+    import quality
+
+    from dcl_cluster import DebiasedClusterModule, LongTailDataModule
+
+    rows = ablations.main(["--smoke"])
+    assert [r["variant"] for r in rows] == ["preset", "warm-up 1/4"]
+    for row in rows:
+        pl.seed_everything(0)
+        dm = LongTailDataModule("digits", imbalance_factor=10.0, batch_size=64, seed=0, clean_view=True)
+        module = DebiasedClusterModule.from_preset("dcl_cluster", backbone_width=8, lr=1e-3, channels_last=True,
+                                                   **row["overrides"])
+        pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                   enable_checkpointing=False, limit_val_batches=0).fit(module, datamodule=dm)
+        scratch = quality.score(module, dm, 0)
+        for split in ("train", "test", "train_k-means"):
+            assert row[split]["cluster_sizes"] == scratch[split]["cluster_sizes"], (row["variant"], split)
+            assert row[split]["nmi"] == scratch[split]["nmi"], (row["variant"], split)

@@ -11,6 +11,7 @@ from dcl_cluster.losses import (
     anchor_loss,
     cluster_contrastive_loss,
     dec_clustering_loss,
+    prior_matched_target,
     student_t_assignment,
     target_distribution,
 )
@@ -30,10 +31,24 @@ def reference_student_t(h, mu, alpha):
     return q
 
 
-def reference_target(q, size_exponent):
-    f = q.sum(axis=0)
+def reference_target(q, size_exponent, f=None):
+    f = q.sum(axis=0) if f is None else f
     p = q**2 / f**size_exponent
     return p / p.sum(axis=1, keepdims=True)
+
+
+def reference_prior_matched(q, prior, iters):
+    """Sinkhorn-Knopp in plain multiplicative form: p = diag(u) q^2 diag(v)."""
+    r = q**2
+    b, k = r.shape
+    mass = b * prior / prior.sum()
+    u, v = np.ones(b), np.ones(k)
+    for _ in range(iters):
+        for j in range(k):  # columns sum to B * prior
+            v[j] = mass[j] / sum(u[i] * r[i, j] for i in range(b))
+        for i in range(b):  # rows sum to 1
+            u[i] = 1.0 / sum(r[i, j] * v[j] for j in range(k))
+    return u[:, None] * r * v[None, :]
 
 
 def reference_kl(p, q):
@@ -86,6 +101,64 @@ class TestTargetDistribution:
             target_distribution(softmax_rows(3, 2, seed=0), size_exponent=-1)
 
 
+    def test_dataset_wide_sizes_replace_the_batch_sizes(self):
+        q = softmax_rows(9, 4, seed=7)
+        sizes = torch.tensor([500.0, 200.0, 50.0, 5.0], dtype=torch.float64)
+        p = target_distribution(q, 0.5, cluster_sizes=sizes)
+        expected = reference_target(q.numpy(), 0.5, f=sizes.numpy())
+        np.testing.assert_allclose(p.numpy(), expected, rtol=1e-10)
+        # only ratios matter: frequencies give the same target
+        torch.testing.assert_close(target_distribution(q, 0.5, cluster_sizes=sizes / sizes.sum()), p)
+
+    def test_bad_cluster_sizes(self):
+        q = softmax_rows(4, 3, seed=0)
+        with pytest.raises(ValueError, match=r"cluster_sizes must be 3 finite non-negative .*got \[1.0, -1.0, 1.0\]"):
+            target_distribution(q, cluster_sizes=torch.tensor([1.0, -1.0, 1.0]))
+        with pytest.raises(ValueError, match="cluster_sizes must be 3"):
+            target_distribution(softmax_rows(4, 3, seed=0), cluster_sizes=torch.ones(2))
+
+
+class TestPriorMatchedTarget:
+    @pytest.mark.parametrize("iters", [1, 5])
+    def test_matches_sinkhorn_formula(self, iters):
+        q = softmax_rows(12, 4, seed=8)
+        prior = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+        p = prior_matched_target(q, prior, num_iters=iters)
+        expected = reference_prior_matched(q.numpy(), prior.numpy(), iters)
+        np.testing.assert_allclose(p.numpy(), expected, rtol=1e-9)
+
+    def test_converged_cluster_sizes_follow_the_prior(self):
+        q = softmax_rows(200, 5, seed=9)
+        prior = torch.tensor([0.6, 0.2, 0.1, 0.07, 0.03], dtype=torch.float64)
+        p = prior_matched_target(q, 7 * prior, num_iters=200)  # scale of the prior is irrelevant
+        torch.testing.assert_close(p.sum(dim=1), torch.ones(200, dtype=torch.float64))
+        torch.testing.assert_close(p.sum(dim=0) / 200, prior, atol=1e-6, rtol=0)
+        # per-batch DEC (size_exponent 1) flattens the same batch instead
+        assert target_distribution(q, 1.0).sum(dim=0).max() / 200 < 0.4
+
+    def test_only_rescales_rows_and_columns_of_the_squared_q(self):
+        # p_ik = q_ik^2 u_i v_k keeps every cross ratio of q^2: p_ik p_jl / (p_il p_jk)
+        q = softmax_rows(30, 3, seed=10)
+        p = prior_matched_target(q, torch.tensor([0.8, 0.15, 0.05], dtype=torch.float64))
+        r = q**2
+        for i, j, k, l in [(0, 1, 0, 1), (3, 17, 2, 0), (29, 5, 1, 2)]:
+            got = p[i, k] * p[j, l] / (p[i, l] * p[j, k])
+            assert got.item() == pytest.approx((r[i, k] * r[j, l] / (r[i, l] * r[j, k])).item(), rel=1e-9)
+
+    def test_zero_prior_stays_finite_and_no_gradient(self):
+        q = softmax_rows(8, 3, seed=11).requires_grad_(True)
+        p = prior_matched_target(q, torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+        assert torch.isfinite(p).all() and not p.requires_grad
+        assert p[:, 2].sum() < 1e-6
+
+    def test_errors(self):
+        q = softmax_rows(4, 3, seed=0)
+        with pytest.raises(ValueError, match=r"prior must be 3 finite non-negative .*got \[nan, 1.0, 1.0\]"):
+            prior_matched_target(q, torch.tensor([float("nan"), 1.0, 1.0]))
+        with pytest.raises(ValueError, match="num_iters must be an integer >= 1, got 0"):
+            prior_matched_target(q, torch.ones(3), num_iters=0)
+
+
 class TestDEC:
     @pytest.mark.parametrize("size_exponent", [0.0, 1.0])
     def test_matches_formula_with_computed_target(self, size_exponent):
@@ -122,6 +195,34 @@ class TestDEC:
     def test_shape_mismatch(self):
         with pytest.raises(ValueError, match="same shape"):
             dec_clustering_loss(softmax_rows(4, 3, 0), softmax_rows(4, 2, 0))
+
+    def test_module_dataset_and_prior_targets(self):
+        q = softmax_rows(10, 4, seed=12)
+        prior = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+        got = DECClusteringLoss(0.5, target="dataset")(q, prior=prior).item()
+        assert got == pytest.approx(reference_kl(reference_target(q.numpy(), 0.5, prior.numpy()), q.numpy()), rel=1e-10)
+        got = DECClusteringLoss(target="prior")(q, prior=prior).item()
+        expected = reference_kl(reference_prior_matched(q.numpy(), prior.numpy(), 20), q.numpy())
+        assert got == pytest.approx(expected, rel=1e-8)
+
+    @pytest.mark.parametrize("target", ["dataset", "prior"])
+    def test_gradcheck_dataset_and_prior_targets(self, target):
+        logits = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+        prior = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+        loss_fn = DECClusteringLoss(0.5, target=target)
+        # the target is detached: the gradient is that of KL(p || q) with p held fixed
+        p = (target_distribution(torch.softmax(logits, 1), 0.5, cluster_sizes=prior) if target == "dataset"
+             else prior_matched_target(torch.softmax(logits, 1), prior))
+        (grad,) = torch.autograd.grad(loss_fn(torch.softmax(logits, 1), prior=prior), logits)
+        (expected,) = torch.autograd.grad(dec_clustering_loss(torch.softmax(logits, 1), p), logits)
+        torch.testing.assert_close(grad, expected)
+        assert torch.autograd.gradcheck(lambda x: dec_clustering_loss(torch.softmax(x, 1), p), (logits,))
+
+    def test_module_target_errors(self):
+        with pytest.raises(ValueError, match=r"target must be one of \('batch', 'dataset', 'prior'\), got 'global'"):
+            DECClusteringLoss(target="global")
+        with pytest.raises(ValueError, match="target='prior' needs the dataset-wide cluster prior"):
+            DECClusteringLoss(target="prior")(softmax_rows(4, 3, 0))
 
 
 class TestAnchor:

@@ -27,6 +27,9 @@ def make_losses(gather):
         "hard_negative": lambda a, b, tau: HardNegativeLoss(0.5, 0.1, 1.0, gather_distributed=gather)(a, b),
         "dec": lambda a, b, tau: DECClusteringLoss(1.0, gather_distributed=gather)(
             torch.softmax(a[:, :K], 1)),
+        # Sinkhorn over the global batch: its column sums are global
+        "dec_prior_matched": lambda a, b, tau: DECClusteringLoss(target="prior", gather_distributed=gather)(
+            torch.softmax(a[:, :K], 1), prior=torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)),
         "cluster_contrastive": lambda a, b, tau: ClusterContrastiveLoss(1.0, gather_distributed=gather)(
             torch.softmax(a[:, :K], 1), torch.softmax(b[:, :K], 1)),
     }

@@ -120,6 +120,38 @@ def test_cluster_prior_ema_update():
     torch.testing.assert_close(module.cluster_prior, expected)
 
 
+@pytest.mark.parametrize("momentum", [1.0, 0.5])
+def test_prior_momentum_one_keeps_the_kmeans_prior(momentum):
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 0:  # just after the k-means initialisation
+                self.kmeans_prior = module.cluster_prior.clone()
+
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, prior_momentum=momentum)
+    record = Record()
+    make_trainer(max_epochs=2, callbacks=[record]).fit(module, datamodule=ToyDataModule())
+    assert record.kmeans_prior.max() > record.kmeans_prior.min()  # not the uniform start
+    frozen = torch.equal(module.cluster_prior, record.kmeans_prior)
+    assert frozen == (momentum == 1.0)
+
+
+@pytest.mark.parametrize("dec_target", ["dataset", "prior"])
+def test_dec_targets_use_the_cluster_prior(dec_target):
+    from dcl_cluster.losses import dec_clustering_loss, prior_matched_target, target_distribution
+
+    dm = ToyDataModule()
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, dec_target=dec_target)
+    module.init_centroids(dm.train_eval_dataloader())
+    module.cluster_prior.copy_(torch.tensor([0.55, 0.25, 0.15, 0.05]))
+    out = module.shared_step(batch_from(dm)[0])
+    got = module.loss_terms(out, 0.1)["clustering"][1]
+    q, prior = out.q_clean, module.cluster_prior
+    p = (target_distribution(q, 0.5, cluster_sizes=prior) if dec_target == "dataset"
+         else prior_matched_target(q, prior))
+    torch.testing.assert_close(got, dec_clustering_loss(q, p))
+    make_trainer(max_epochs=2).fit(module, datamodule=dm)  # and it trains
+
+
 def test_trainer_test_logs_clustering_scores_under_test_prefix():
     from dcl_cluster import ClusteringEvaluator
 
@@ -242,6 +274,12 @@ class TestErrors:
     def test_cluster_prior_without_a_head(self):
         with pytest.raises(ValueError, match="needs a cluster head"):
             small("dcl", tau_plus="cluster_prior")
+
+    def test_dec_target_and_prior_momentum_out_of_range(self):
+        with pytest.raises(ValueError, match=r"dec_target must be one of \('batch', 'dataset', 'prior'\), got 'all'"):
+            small("dcl_cluster", dec_target="all")
+        with pytest.raises(ValueError, match=r"prior_momentum must be in \[0, 1\], got 1.5"):
+            small("dcl_cluster", prior_momentum=1.5)
 
     def test_warmup_longer_than_training(self):
         with pytest.raises(ValueError, match="warmup_epochs=3 leaves no epoch .* trainer.max_epochs=3"):

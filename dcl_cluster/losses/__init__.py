@@ -4,6 +4,7 @@ from dcl_cluster.losses.clustering import (
     anchor_loss,
     cluster_contrastive_loss,
     dec_clustering_loss,
+    prior_matched_target,
     student_t_assignment,
     target_distribution,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "hard_negative_loss",
     "student_t_assignment",
     "target_distribution",
+    "prior_matched_target",
     "dec_clustering_loss",
     "anchor_loss",
     "cluster_contrastive_loss",

@@ -18,6 +18,7 @@ from dcl_cluster.losses.contrastive import info_nce_loss
 __all__ = [
     "student_t_assignment",
     "target_distribution",
+    "prior_matched_target",
     "dec_clustering_loss",
     "anchor_loss",
     "cluster_contrastive_loss",
@@ -85,7 +86,7 @@ def student_t_assignment(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Te
     return torch.softmax(log_kernel, dim=1)
 
 
-def target_distribution(q: Tensor, size_exponent: float = 1.0) -> Tensor:
+def target_distribution(q: Tensor, size_exponent: float = 1.0, cluster_sizes: Tensor | None = None) -> Tensor:
     """Sharpened target ``p`` for the DEC loss, detached from the graph (METHOD.md 2.1).
 
     ``p_ik ∝ q_ik^2 / f_k^size_exponent`` with soft cluster sizes ``f_k = sum_i q_ik``.
@@ -95,6 +96,9 @@ def target_distribution(q: Tensor, size_exponent: float = 1.0) -> Tensor:
     Args:
         q: Soft assignments, shape ``(B, K)``.
         size_exponent: Power of the cluster-size normalisation, ``>= 0``.
+        cluster_sizes: Dataset-wide cluster sizes (or frequencies; only ratios matter),
+            shape ``(K,)``, used as ``f`` instead of the batch's: DEC's full-dataset target.
+            ``None``: the per-batch target.
 
     Returns:
         ``p`` of shape ``(B, K)``, rows summing to 1, with no gradient.
@@ -104,14 +108,63 @@ def target_distribution(q: Tensor, size_exponent: float = 1.0) -> Tensor:
         >>> q = torch.tensor([[0.6, 0.4], [0.5, 0.5]])
         >>> target_distribution(q, size_exponent=0.0)[0].round(decimals=4)
         tensor([0.6923, 0.3077])
+        >>> target_distribution(q, 1.0, cluster_sizes=torch.tensor([3.0, 1.0]))[0].round(decimals=4)
+        tensor([0.4286, 0.5714])
     """
     check_size_exponent(size_exponent)
     _check_assignments("q", q)
     with torch.no_grad():
         q = _as_float(q.detach())
-        log_q = _safe_log(q)
-        log_f = _safe_log(q.sum(dim=0))  # (K,)
-        return torch.softmax(2 * log_q - size_exponent * log_f, dim=1)
+        f = q.sum(dim=0) if cluster_sizes is None else _check_prior(cluster_sizes, q.shape[1], "cluster_sizes")
+        return torch.softmax(2 * _safe_log(q) - size_exponent * _safe_log(f.to(q.dtype)), dim=1)
+
+
+def _check_prior(prior: Tensor, num_clusters: int, name: str) -> Tensor:
+    if prior.shape != (num_clusters,) or not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
+        raise ValueError(
+            f"{name} must be {num_clusters} finite non-negative numbers with a positive sum, got {prior.tolist()}"
+        )
+    return prior.detach()
+
+
+def prior_matched_target(q: Tensor, prior: Tensor, num_iters: int = 20) -> Tensor:
+    """A sharpened target whose cluster sizes follow ``prior``: long-tailed when it is.
+
+    DEC's target flattens cluster sizes (METHOD.md 2.1, long-tail caveat). This target is
+    the sharpened ``q_ik^2`` rescaled as ``p_ik = q_ik^2 u_i v_k`` so that every row sums
+    to 1 and column ``k`` sums to ``B * prior_k``: the optimal-transport target of SeLa /
+    SwAV (Sinkhorn-Knopp, in log space) with the estimated class prior as the column
+    marginal instead of a uniform one. Rows sum to 1 exactly; columns to ``B * prior``
+    up to the remaining Sinkhorn error.
+
+    Args:
+        q: Soft assignments, shape ``(B, K)``.
+        prior: Cluster frequencies, shape ``(K,)``, non-negative (normalised here; zeros
+            are raised to 1e-8 so the scaling stays finite).
+        num_iters: Sinkhorn iterations (column then row scaling), ``>= 1``.
+
+    Returns:
+        ``p`` of shape ``(B, K)`` with no gradient.
+
+    Examples:
+        >>> import torch
+        >>> q = torch.softmax(torch.randn(64, 3), dim=1)
+        >>> p = prior_matched_target(q, torch.tensor([0.7, 0.2, 0.1]), num_iters=100)
+        >>> (p.sum(dim=0) / 64).round(decimals=2)
+        tensor([0.7000, 0.2000, 0.1000])
+    """
+    _check_assignments("q", q)
+    if not isinstance(num_iters, int) or num_iters < 1:
+        raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}")
+    with torch.no_grad():
+        q = _as_float(q.detach())
+        prior = _check_prior(prior, q.shape[1], "prior").to(q.dtype).clamp_min(1e-8)
+        log_mass = torch.log(q.shape[0] * prior / prior.sum())  # (K,) target column sums
+        log_p = 2 * _safe_log(q)
+        for _ in range(num_iters):
+            log_p = log_p - torch.logsumexp(log_p, dim=0) + log_mass
+            log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
+        return log_p.exp()
 
 
 def dec_clustering_loss(q: Tensor, p: Tensor | None = None, size_exponent: float = 1.0) -> Tensor:

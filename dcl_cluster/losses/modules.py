@@ -17,6 +17,8 @@ from dcl_cluster.losses.clustering import (
     check_size_exponent,
     cluster_contrastive_loss,
     dec_clustering_loss,
+    prior_matched_target,
+    target_distribution,
 )
 from dcl_cluster.losses.contrastive import (
     check_beta,
@@ -159,8 +161,7 @@ class HardNegativeLoss(DebiasedContrastiveLoss):
 
 
 class DECClusteringLoss(nn.Module):
-    """DEC divergence loss with per-batch targets; see
-    :func:`~dcl_cluster.losses.dec_clustering_loss`.
+    """DEC divergence loss; see :func:`~dcl_cluster.losses.dec_clustering_loss`.
 
     Implements Xie et al., "Unsupervised Deep Embedding for Clustering Analysis"
     (DEC), ICML 2016, with the cluster-size exponent of METHOD.md 2.1.
@@ -169,6 +170,11 @@ class DECClusteringLoss(nn.Module):
         size_exponent: Power of the cluster-size normalisation in the target (1 = DEC).
         gather_distributed: Gather ``q`` from every process so cluster frequencies
             ``f_k`` are counted over the global batch.
+        target: ``"batch"``: sizes ``f`` from the (global) batch; ``"dataset"``: ``f`` is
+            the dataset-wide ``prior`` passed to ``forward`` (DEC's full-dataset target,
+            see :func:`~dcl_cluster.losses.target_distribution`); ``"prior"``: cluster sizes
+            matched to ``prior`` (:func:`~dcl_cluster.losses.prior_matched_target`;
+            ``size_exponent`` unused).
 
     Examples:
         >>> import torch
@@ -176,18 +182,32 @@ class DECClusteringLoss(nn.Module):
         >>> q = torch.softmax(torch.randn(6, 3), dim=1)
         >>> float(loss_fn(q)) >= 0
         True
+        >>> float(DECClusteringLoss(target="prior")(q, prior=torch.tensor([0.6, 0.3, 0.1]))) >= 0
+        True
     """
 
-    def __init__(self, size_exponent: float = 1.0, gather_distributed: bool = False) -> None:
+    TARGETS = ("batch", "dataset", "prior")
+
+    def __init__(self, size_exponent: float = 1.0, gather_distributed: bool = False, target: str = "batch") -> None:
         super().__init__()
         check_size_exponent(size_exponent)
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
         self.size_exponent = size_exponent
         self.gather_distributed = _check_gather(gather_distributed)
+        self.target = target
 
-    def forward(self, q: Tensor, p: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, p: Tensor | None = None, prior: Tensor | None = None) -> Tensor:
         if self.gather_distributed:
             q = gather_with_grad(q)
             p = None if p is None else gather_with_grad(p.detach())
+        if p is None and self.target != "batch":
+            if prior is None:
+                raise ValueError(f"target={self.target!r} needs the dataset-wide cluster prior: forward(q, prior=...)")
+            if self.target == "dataset":
+                p = target_distribution(q, self.size_exponent, cluster_sizes=prior)
+            else:
+                p = prior_matched_target(q, prior)
         return dec_clustering_loss(q, p, self.size_exponent)
 
 
