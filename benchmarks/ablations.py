@@ -62,6 +62,7 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
+    from dcl_cluster.presets import preset
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES["cpu"]
@@ -95,7 +96,8 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
             trainer(enable_checkpointing=False).fit(model, datamodule=dm,
                                                     ckpt_path=Path(tmp) / f"warmup-epoch={warmups[name] - 1}.ckpt")
             wall = time.perf_counter() - start + warmup_wall * warmups[name]
-            yield {"preset": "dcl_cluster", "variant": name, "overrides": overrides, "seed": seed,
+            settings = {**preset("dcl_cluster"), **overrides}  # what the row ran, whatever the preset becomes
+            yield {"preset": "dcl_cluster", "variant": name, "settings": settings, "overrides": overrides, "seed": seed,
                    "imbalance_factor": imbalance_factor, "epochs": args.epochs, "precision": args.precision,
                    "width": args.width, "wall_s": wall, **score(model, dm, seed)}
 
