@@ -160,6 +160,23 @@ def test_subset_is_in_the_checkpoint_state_and_restored(tmp_path):
     assert np.array_equal(c.train_indices, a.train_indices)
 
 
+def test_checkpoint_of_a_path_data_dir_loads_with_weights_only(tmp_path):
+    # a pathlib.Path in the hyperparameters made resuming fail: torch.load(weights_only=True) refuses it
+    import lightning.pytorch as pl
+
+    from dcl_cluster import DebiasedClusterModule
+
+    dm = LongTailDataModule("digits", data_dir=tmp_path, imbalance_factor=10, batch_size=64)
+    assert dm.hparams.data_dir == str(tmp_path)
+    module = DebiasedClusterModule.from_preset("simclr", backbone_width=4, projection_dim=8)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert ckpt["datamodule_hyper_parameters"]["data_dir"] == str(tmp_path)
+
+
 def test_every_init_argument_is_typed_with_a_default_and_saved_as_hyperparameter():
     params = list(inspect.signature(LongTailDataModule.__init__).parameters.values())[1:]
     assert all(p.annotation is not inspect.Parameter.empty for p in params)

@@ -5,6 +5,7 @@ The only module of :mod:`dcl_cluster.data` that imports Lightning.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -121,7 +122,7 @@ class LongTailDataModule(LightningDataModule):
     def __init__(
         self,
         dataset: str = "digits",
-        data_dir: str | None = None,
+        data_dir: str | os.PathLike | None = None,
         imbalance_factor: float = 100.0,
         profile: str = "exp",
         batch_size: int = 256,
@@ -169,6 +170,8 @@ class LongTailDataModule(LightningDataModule):
         if include_unlabeled and dataset != "stl10":
             raise ValueError(f"include_unlabeled=True needs dataset='stl10', got {dataset!r}")
         self.save_hyperparameters()
+        if data_dir is not None:  # a str in checkpoints: torch.load(weights_only=True) refuses a Path
+            self.hparams.data_dir = os.fspath(data_dir)
         self.batch_size = batch_size  # an attribute, so Lightning's batch-size tuner can set it
         self.train_class_counts: list[int] = []
         self.class_names: list[str] = []
