@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from quality import RECIPES, export_shared_cifar10, score  # noqa: E402
+from quality import RECIPES, export_shared_cifar10, score, warmup_epochs  # noqa: E402
 
 #: name -> overrides of the dcl_cluster preset; ``warmup_epochs`` as a fraction of the epochs
 VARIANTS: dict[str, dict] = {
@@ -51,18 +51,12 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def warmup_epochs(overrides: dict, epochs: int, recipe: dict) -> int:
-    fraction = overrides.get("warmup_epochs", recipe["warmup_fraction"])
-    return max(1, min(epochs - 1, round(epochs * fraction)))
-
-
 def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
     """Train the shared warm-up once, then every variant from its checkpoint; yields rows."""
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
-    from dcl_cluster.presets import preset
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES["cpu"]
@@ -79,7 +73,8 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
         return pl.Trainer(max_epochs=args.epochs, logger=False, enable_progress_bar=False,
                           enable_model_summary=False, limit_val_batches=0, precision=args.precision, **kwargs)
 
-    warmups = {name: warmup_epochs(VARIANTS[name], args.epochs, recipe) for name in names}
+    warmups = {name: warmup_epochs(args.epochs, VARIANTS[name].get("warmup_epochs", recipe["warmup_fraction"]))
+               for name in names}
     with tempfile.TemporaryDirectory() as tmp:
         pl.seed_everything(seed)
         saver = ModelCheckpoint(tmp, filename="warmup-{epoch}", every_n_epochs=1, save_top_k=-1)
@@ -96,7 +91,7 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
             trainer(enable_checkpointing=False).fit(model, datamodule=dm,
                                                     ckpt_path=Path(tmp) / f"warmup-epoch={warmups[name] - 1}.ckpt")
             wall = time.perf_counter() - start + warmup_wall * warmups[name]
-            settings = {**preset("dcl_cluster"), **overrides}  # what the row ran, whatever the preset becomes
+            settings = dict(model.hparams)  # what the row ran, whatever the preset becomes
             yield {"preset": "dcl_cluster", "variant": name, "settings": settings, "overrides": overrides, "seed": seed,
                    "imbalance_factor": imbalance_factor, "epochs": args.epochs, "precision": args.precision,
                    "width": args.width, "wall_s": wall, **score(model, dm, seed)}

@@ -38,6 +38,12 @@ RECIPES = {
 }
 
 
+def warmup_epochs(epochs: int, fraction: float) -> int:
+    """Contrastive-only epochs of the clustering presets: ``fraction`` of the budget, at least
+    one, and at least one epoch left for the clustering terms."""
+    return max(1, min(epochs - 1, round(epochs * fraction)))
+
+
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[float]:
     """Recall of each class under the Hungarian one-to-one map of clusters to classes."""
     from scipy.optimize import linear_sum_assignment
@@ -69,7 +75,7 @@ def run_one(args) -> dict:
                             batch_size=args.batch_size or recipe["batch_size"], num_workers=args.workers,
                             seed=args.seed, clean_view=clean)
     backbone = ResNet("resnet18", cifar_stem=True) if recipe["backbone"] == "resnet18" else None
-    warmup = max(1, int(args.epochs * recipe["warmup_fraction"])) if settings["clustering"] != "none" else 0
+    warmup = warmup_epochs(args.epochs, recipe["warmup_fraction"]) if settings["clustering"] != "none" else 0
     module = DebiasedClusterModule.from_preset(
         args.preset, backbone=backbone, backbone_width=args.width, lr=recipe["lr"], warmup_epochs=warmup,
         channels_last=True)

@@ -1,4 +1,4 @@
-"""Render benchmarks/results/{speed,quality}.json into the tables of docs/benchmarks.md.
+"""Render benchmarks/results/{speed,quality,ablations}.json into docs/benchmarks.md and its plots.
 
     python benchmarks/write_docs.py     # rewrites the generated blocks of docs/benchmarks.md
 
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
 
@@ -119,6 +120,107 @@ def plot_per_class(rows, split, path: Path) -> None:
     plt.close(fig)
 
 
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _paired(runs, reference, split, key):
+    """Mean ± std over seeds of ``run - reference`` on the same seed (same warm-up)."""
+    by_seed = {r["seed"]: r[split][key] for r in reference}
+    diffs = [r[split][key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
+    if not diffs:
+        return "-"
+    mean = _mean(diffs)
+    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{mean:+.3f} ± {std:.3f}"
+
+
+def _size_range(runs, split="train"):
+    """Largest / smallest cluster, averaged over seeds (classes at IF 100: 5000 / 50)."""
+    largest = _mean([max(r[split]["cluster_sizes"]) for r in runs])
+    smallest = _mean([min(r[split]["cluster_sizes"]) for r in runs])
+    return f"{largest:.0f} / {smallest:.0f}"
+
+
+def ablation_table(rows, reference="preset"):
+    out = ["| IF | variant | seeds | NMI | bal. ACC | tail ACC | Δ NMI | Δ bal. ACC | Δ tail ACC | test NMI | "
+           "test bal. ACC | largest / smallest cluster |", "|---:|---|---:|" + "---:|" * 9]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["imbalance_factor"], r["epochs"], r["variant"]), []).append(r)
+    for (imbalance, epochs, variant), runs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        ref = groups.get((imbalance, epochs, reference), [])
+        cells = [_mean_std([r["train"][k] for r in runs]) for k in ("nmi", "balanced_acc", "tail_acc")]
+        cells += ["" if variant == reference else _paired(runs, ref, "train", k)
+                  for k in ("nmi", "balanced_acc", "tail_acc")]
+        cells += [_mean_std([r["test"][k] for r in runs]) for k in ("nmi", "balanced_acc")]
+        out.append(f"| {imbalance:g} | {variant} | {len(runs)} | " + " | ".join(cells) + f" | {_size_range(runs)} |")
+    return out
+
+
+#: settings of the budget (equal for every row) and dataset facts, not of the objective
+BUDGET_KEYS = {"backbone", "projector", "in_channels", "input_size", "num_clusters", "backbone_width", "lr",
+               "channels_last", "warmup_epochs"}
+
+
+def shipped_preset_rows(ablations, warmup_fraction=0.5):
+    """The ablation rows that ran exactly the shipped ``dcl_cluster`` objective (and the
+    recipe's warm-up): the ``dcl_cluster`` rows of the quality tables."""
+    import inspect
+
+    from quality import warmup_epochs
+
+    from dcl_cluster import DebiasedClusterModule
+    from dcl_cluster.presets import PRESETS
+
+    params = inspect.signature(DebiasedClusterModule.__init__).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    shipped = {**defaults, **PRESETS["dcl_cluster"]}
+
+    def is_shipped(r):
+        ran = {**defaults, **r["settings"]}
+        return (all(ran[k] == v for k, v in shipped.items() if k not in BUDGET_KEYS)
+                and ran["warmup_epochs"] == warmup_epochs(r["epochs"], warmup_fraction))
+
+    # their wall time is a share of a chain of runs, not comparable with a standalone run: left out
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "variant")} for r in ablations if is_shipped(r)]
+
+
+def plot_cluster_sizes(rows, path: Path, factor=100.0) -> None:
+    """Cluster sizes against class sizes on the long-tailed train set, both sorted, one panel
+    per method: does the tail survive?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split, groups = "train", {}
+    for r in rows:
+        if r["imbalance_factor"] == factor and "cluster_sizes" in r.get(split, {}):
+            groups.setdefault(r.get("variant") or r["preset"], []).append(r)
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.9 * len(groups), 3.0), sharey=True, squeeze=False)
+    for ax, (name, runs) in zip(axes[0], groups.items(), strict=True):
+        classes = sorted(runs[0]["train_class_counts"], reverse=True)
+        sizes = [sorted(r[split]["cluster_sizes"], reverse=True) for r in runs]
+        ranks = range(1, len(classes) + 1)
+        ax.plot(ranks, classes, "k-", label="classes")
+        ax.plot(ranks, [_mean(col) for col in zip(*sizes, strict=True)], "o-", label="clusters (mean)")
+        ax.fill_between(ranks, [min(col) for col in zip(*sizes, strict=True)],
+                        [max(col) for col in zip(*sizes, strict=True)], alpha=0.25)
+        ax.set_yscale("log")
+        ax.set_title(f"{name}\n({runs[0][split]['source']}, {len(runs)} seeds)", fontsize=9)
+        ax.set_xlabel("rank")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"images ({split} set, IF {factor:g})")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def replace_block(text, name, lines):
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -135,12 +237,19 @@ def main() -> None:
                          ("throughput", throughput_table)):
             if name in speed:
                 text = replace_block(text, name, fn(speed[name]))
+    ablations_path = HERE / "results" / "ablations.json"
+    ablations = json.loads(ablations_path.read_text()) if ablations_path.exists() else []
+    if ablations:
+        text = replace_block(text, "ablations", ablation_table(ablations))
+        plot_cluster_sizes(ablations, DOC.parent / "assets" / "ablation_cluster_sizes.png")
     if quality_path.exists():
-        quality = json.loads(quality_path.read_text())
+        # the dcl_cluster rows: ablation runs of exactly the shipped preset (same budget, seeds)
+        quality = json.loads(quality_path.read_text()) + shipped_preset_rows(ablations)
         text = replace_block(text, "quality-train", quality_table(quality, "train"))
         text = replace_block(text, "quality-test", quality_table(quality, "test"))
         for split in ("train", "test"):
             plot_per_class(quality, split, DOC.parent / "assets" / f"quality_per_class_{split}.png")
+        plot_cluster_sizes(quality, DOC.parent / "assets" / "quality_cluster_sizes.png")
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
 

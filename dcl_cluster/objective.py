@@ -56,8 +56,12 @@ def validate_objective(hp: Any) -> None:
         raise ValueError(f"need 0 <= tau_min <= tau_max < 1, got tau_min={hp.tau_min}, tau_max={hp.tau_max}")
     if not 0 <= hp.prior_momentum <= 1:
         raise ValueError(f"prior_momentum must be in [0, 1], got {hp.prior_momentum}")
-    if hp.get("dec_target", "batch") not in _DEC_TARGETS:
-        raise ValueError(f"dec_target must be one of {_DEC_TARGETS}, got {hp.dec_target!r}")
+    dec_target = hp.get("dec_target", "batch")
+    if dec_target not in _DEC_TARGETS:
+        raise ValueError(f"dec_target must be one of {_DEC_TARGETS}, got {dec_target!r}")
+    if dec_target != "batch" and hp.clustering != "dec":
+        raise ValueError(f"dec_target={dec_target!r} sets the DEC target: it needs clustering='dec', "
+                         f"got clustering={hp.clustering!r}")
     for name in ("gamma", "delta", "beta"):
         if not math.isfinite(hp[name]) or hp[name] < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {hp[name]}")

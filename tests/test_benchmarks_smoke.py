@@ -55,3 +55,19 @@ def test_ablations_smoke_rows_equal_runs_from_scratch():
         for split in ("train", "test", "train_k-means"):
             assert row[split]["cluster_sizes"] == scratch[split]["cluster_sizes"], (row["variant"], split)
             assert row[split]["nmi"] == scratch[split]["nmi"], (row["variant"], split)
+
+
+def test_quality_tables_take_only_the_runs_of_the_shipped_preset():
+    import write_docs
+
+    from dcl_cluster.presets import PRESETS
+
+    def row(variant, epochs=8, **settings):
+        return {"variant": variant, "epochs": epochs, "wall_s": 1.0, "seed": 0,
+                "settings": {**PRESETS["dcl_cluster"], "warmup_epochs": 4, "backbone_width": 32, **settings}}
+
+    rows = [row("shipped"), row("prior from k-means", prior_momentum=1.0), row("targets", dec_target="prior"),
+            row("s1", size_exponent=1.0), row("short warm-up", warmup_epochs=2), row("other budget", epochs=10)]
+    picked = write_docs.shipped_preset_rows(rows)
+    assert len(picked) == 1 and picked[0]["settings"]["backbone_width"] == 32
+    assert "wall_s" not in picked[0] and "variant" not in picked[0]

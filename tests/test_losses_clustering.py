@@ -110,6 +110,13 @@ class TestTargetDistribution:
         # only ratios matter: frequencies give the same target
         torch.testing.assert_close(target_distribution(q, 0.5, cluster_sizes=sizes / sizes.sum()), p)
 
+    def test_an_empty_cluster_does_not_take_every_row(self):
+        q = softmax_rows(6, 3, seed=15)
+        p = target_distribution(q, 1.0, cluster_sizes=torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+        expected = reference_target(q.numpy(), 1.0, f=np.array([0.5, 0.5, 1e-8]))
+        np.testing.assert_allclose(p.numpy(), expected, rtol=1e-9)
+        assert (p.argmax(dim=1) == q.argmax(dim=1)).float().mean() > 0  # not all rows on cluster 2
+
     def test_bad_cluster_sizes(self):
         q = softmax_rows(4, 3, seed=0)
         with pytest.raises(ValueError, match=r"cluster_sizes must be 3 finite non-negative .*got \[1.0, -1.0, 1.0\]"):
@@ -133,8 +140,28 @@ class TestPriorMatchedTarget:
         p = prior_matched_target(q, 7 * prior, num_iters=200)  # scale of the prior is irrelevant
         torch.testing.assert_close(p.sum(dim=1), torch.ones(200, dtype=torch.float64))
         torch.testing.assert_close(p.sum(dim=0) / 200, prior, atol=1e-6, rtol=0)
-        # per-batch DEC (size_exponent 1) flattens the same batch instead
-        assert target_distribution(q, 1.0).sum(dim=0).max() / 200 < 0.4
+
+    def test_imposes_the_long_tailed_prior_on_a_batch(self):
+        g = torch.Generator().manual_seed(13)
+        labels = torch.tensor([0] * 120 + [1] * 50 + [2] * 20 + [3] * 10)
+        logits = torch.randn(200, 4, generator=g, dtype=torch.float64)
+        logits[torch.arange(200), labels] += 4.0  # a batch about as long-tailed as its classes
+        q = torch.softmax(logits, dim=1)
+        prior = torch.tensor([0.6, 0.25, 0.1, 0.05], dtype=torch.float64)
+        assert (q.mean(dim=0) - prior).abs().max() > 0.03  # q alone is flatter than the classes
+        kept = prior_matched_target(q, labels.bincount().double(), num_iters=1000).mean(dim=0)
+        torch.testing.assert_close(kept, prior, atol=1e-4, rtol=0)
+        assert (target_distribution(q, 0.5).mean(dim=0) - prior).abs().max() > 0.01  # DEC's does not
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_half_precision_assignments_give_float32_targets(self, dtype):
+        q = softmax_rows(16, 4, seed=14, dtype=torch.float32)
+        prior = torch.tensor([0.4, 0.3, 0.2, 0.1])
+        for p in (prior_matched_target(q.to(dtype), prior), target_distribution(q.to(dtype), 0.5, prior)):
+            assert p.dtype == torch.float32 and torch.isfinite(p).all()
+            torch.testing.assert_close(p.sum(dim=1), torch.ones(16))
+        torch.testing.assert_close(prior_matched_target(q.to(dtype), prior), prior_matched_target(q, prior),
+                                   atol=2e-2, rtol=0)
 
     def test_only_rescales_rows_and_columns_of_the_squared_q(self):
         # p_ik = q_ik^2 u_i v_k keeps every cross ratio of q^2: p_ik p_jl / (p_il p_jk)

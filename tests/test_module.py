@@ -280,6 +280,9 @@ class TestErrors:
             small("dcl_cluster", dec_target="all")
         with pytest.raises(ValueError, match=r"prior_momentum must be in \[0, 1\], got 1.5"):
             small("dcl_cluster", prior_momentum=1.5)
+        with pytest.raises(ValueError, match="dec_target='prior' sets the DEC target: it needs clustering='dec', "
+                                             "got clustering='cc'"):
+            small("cc", dec_target="prior")
 
     def test_warmup_longer_than_training(self):
         with pytest.raises(ValueError, match="warmup_epochs=3 leaves no epoch .* trainer.max_epochs=3"):
