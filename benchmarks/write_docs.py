@@ -96,17 +96,18 @@ def plot_per_class(rows, split, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     factors = sorted({r["imbalance_factor"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(factors), figsize=(5.5 * len(factors), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(factors), figsize=(6.5 * len(factors), 4.5), squeeze=False)
     for ax, factor in zip(axes[0], factors, strict=True):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 13 ablation variants, distinct colours
         groups: dict = {}
         for r in rows:
             if r["imbalance_factor"] == factor:
-                groups.setdefault(r["preset"], []).append(r[split]["per_class_recall"])
+                groups.setdefault(r.get("variant") or r["preset"], []).append(r[split]["per_class_recall"])
         for preset, recalls in groups.items():
             counts = next(r for r in rows if r["imbalance_factor"] == factor and "train_class_counts" in r)
             order = sorted(range(len(recalls[0])), key=lambda c: -counts["train_class_counts"][c])
             mean = [sum(rec[c] for rec in recalls) / len(recalls) for c in order]
-            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {"marker": "o"}
+            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {"marker": "o", "ms": 3}
             ax.plot(range(1, len(mean) + 1), mean, label=preset, **style)
         ax.set_title(f"CIFAR-10-LT, IF {factor:g}, {split} set")
         ax.set_xlabel("class rank by training frequency (1 = largest)")
@@ -131,7 +132,9 @@ def _paired(runs, reference, split, key):
     if not diffs:
         return "-"
     mean = _mean(diffs)
-    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+    if len(diffs) == 1:
+        return f"{mean:+.3f}"
+    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
     return f"{mean:+.3f} ± {std:.3f}"
 
 
@@ -200,8 +203,12 @@ def plot_cluster_sizes(rows, path: Path, factor=100.0) -> None:
             groups.setdefault(r.get("variant") or r["preset"], []).append(r)
     if not groups:
         return
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.9 * len(groups), 3.0), sharey=True, squeeze=False)
-    for ax, (name, runs) in zip(axes[0], groups.items(), strict=True):
+    cols = min(len(groups), 5)
+    rows_ = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(2.9 * cols, 3.0 * rows_), sharey=True, squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, (name, runs) in zip(axes.flat, groups.items(), strict=False):
         classes = sorted(runs[0]["train_class_counts"], reverse=True)
         sizes = [sorted(r[split]["cluster_sizes"], reverse=True) for r in runs]
         ranks = range(1, len(classes) + 1)
@@ -211,9 +218,10 @@ def plot_cluster_sizes(rows, path: Path, factor=100.0) -> None:
                         [max(col) for col in zip(*sizes, strict=True)], alpha=0.25)
         ax.set_yscale("log")
         ax.set_title(f"{name}\n({runs[0][split]['source']}, {len(runs)} seeds)", fontsize=9)
-        ax.set_xlabel("rank")
+        ax.set_xlabel("rank by size")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"images ({split} set, IF {factor:g})")
+    for row in axes:
+        row[0].set_ylabel(f"images ({split} set, IF {factor:g})")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +250,7 @@ def main() -> None:
     if ablations:
         text = replace_block(text, "ablations", ablation_table(ablations))
         plot_cluster_sizes(ablations, DOC.parent / "assets" / "ablation_cluster_sizes.png")
+        plot_per_class(ablations, "train", DOC.parent / "assets" / "ablation_per_class_train.png")
     if quality_path.exists():
         # the dcl_cluster rows: ablation runs of exactly the shipped preset (same budget, seeds)
         quality = json.loads(quality_path.read_text()) + shipped_preset_rows(ablations)
