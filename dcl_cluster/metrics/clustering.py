@@ -220,6 +220,11 @@ def _expected_mutual_information(a: np.ndarray, b: np.ndarray, n: int,
     keep = hi >= lo
     ai, bj, mult, lo, hi = ai[keep], bj[keep], mult[keep], lo[keep], hi[keep]
     lengths = hi - lo + 1
+    # log-factorials by table lookup: arguments up to the largest size, and near n
+    largest = int(max(a.max(), b.max()))
+    log_fact_low = gammaln(np.arange(largest + 1, dtype=np.float64) + 1)  # log(k!) at k
+    high_start = max(0, n - 2 * largest)
+    log_fact_high = gammaln(np.arange(high_start, n + 1, dtype=np.float64) + 1)  # log(k!) at k >= high_start
     gln_n = gammaln(n + 1)
     const = (gammaln(ai + 1) + gammaln(bj + 1) + gammaln(n - ai + 1) + gammaln(n - bj + 1)
              - gln_n)
@@ -234,10 +239,11 @@ def _expected_mutual_information(a: np.ndarray, b: np.ndarray, n: int,
         reps = lengths[sl]
         pair = np.repeat(np.arange(stop - start), reps)
         offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
-        nij = (lo[sl][pair] + offset).astype(np.float64)
-        A, B = ai[sl][pair].astype(np.float64), bj[sl][pair].astype(np.float64)
-        log_term3 = (const[sl][pair] - gammaln(nij + 1) - gammaln(A - nij + 1)
-                     - gammaln(B - nij + 1) - gammaln(n - A - B + nij + 1))
+        nij_int = lo[sl][pair] + offset
+        A, B = ai[sl][pair], bj[sl][pair]
+        log_term3 = (const[sl][pair] - log_fact_low[nij_int] - log_fact_low[A - nij_int]
+                     - log_fact_low[B - nij_int] - log_fact_high[n - A - B + nij_int - high_start])
+        nij = nij_int.astype(np.float64)
         term2 = math.log(n) + np.log(nij) - log_ab[sl][pair]
         emi += float(np.sum(mult[sl][pair] * (nij / n) * term2 * np.exp(log_term3)))
         start = stop
