@@ -60,15 +60,16 @@ def throughput_table(rows):
     return out
 
 
-def _mean_std(values):
+def _mean_std(values, sign=""):
+    """``mean ± sample std`` to 3 decimals (``sign="+"`` for differences), ``-`` when empty."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "-"
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
+        return f"{mean:{sign}.3f}"
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f}"
+    return f"{mean:{sign}.3f} ± {std:.3f}"
 
 
 def quality_table(rows, split):
@@ -128,14 +129,7 @@ def _mean(values):
 def _paired(runs, reference, split, key):
     """Mean ± std over seeds of ``run - reference`` on the same seed (same warm-up)."""
     by_seed = {r["seed"]: r[split][key] for r in reference}
-    diffs = [r[split][key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
-    if not diffs:
-        return "-"
-    mean = _mean(diffs)
-    if len(diffs) == 1:
-        return f"{mean:+.3f}"
-    std = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
-    return f"{mean:+.3f} ± {std:.3f}"
+    return _mean_std([r[split][key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed], sign="+")
 
 
 def _size_range(runs, split="train"):

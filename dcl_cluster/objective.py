@@ -12,13 +12,13 @@ from torch import Tensor
 
 from dcl_cluster.losses.clustering import check_size_exponent
 from dcl_cluster.losses.contrastive import check_tau_plus, check_temperature
+from dcl_cluster.losses.modules import DECClusteringLoss
 
 __all__ = ["StepOutputs", "validate_objective", "check_num_clusters", "check_finite", "step_metrics"]
 
 _CONTRASTIVE = ("info_nce", "debiased", "hard_negative")
 _CLUSTERING = ("none", "dec", "cc")
 _TAU_MODES = ("uniform", "cluster_prior")
-_DEC_TARGETS = ("batch", "dataset", "prior")
 
 
 @dataclass
@@ -57,8 +57,8 @@ def validate_objective(hp: Any) -> None:
     if not 0 <= hp.prior_momentum <= 1:
         raise ValueError(f"prior_momentum must be in [0, 1], got {hp.prior_momentum}")
     dec_target = hp.get("dec_target", "batch")
-    if dec_target not in _DEC_TARGETS:
-        raise ValueError(f"dec_target must be one of {_DEC_TARGETS}, got {dec_target!r}")
+    if dec_target not in DECClusteringLoss.TARGETS:
+        raise ValueError(f"dec_target must be one of {DECClusteringLoss.TARGETS}, got {dec_target!r}")
     if dec_target != "batch" and hp.clustering != "dec":
         raise ValueError(f"dec_target={dec_target!r} sets the DEC target: it needs clustering='dec', "
                          f"got clustering={hp.clustering!r}")
@@ -75,6 +75,7 @@ def validate_objective(hp: Any) -> None:
                          f"{hp.warmup_epochs} and {hp.lr_warmup_epochs}")
     if hp.num_clusters is not None:
         check_num_clusters(hp.num_clusters)
+
 
 def check_num_clusters(k: int) -> None:
     """Raise ``ValueError`` unless ``k`` is an integer >= 2."""

@@ -124,7 +124,8 @@ def target_distribution(q: Tensor, size_exponent: float = 1.0, cluster_sizes: Te
 
 
 def _check_prior(prior: Tensor, num_clusters: int, name: str) -> Tensor:
-    if prior.shape != (num_clusters,) or not torch.isfinite(prior).all() or (prior < 0).any() or prior.sum() <= 0:
+    # one host sync for all three value checks: this runs every training step
+    if prior.shape != (num_clusters,) or not bool(torch.isfinite(prior).all() & (prior >= 0).all() & (prior.sum() > 0)):
         raise ValueError(
             f"{name} must be {num_clusters} finite non-negative numbers with a positive sum, got {prior.tolist()}"
         )
