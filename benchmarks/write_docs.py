@@ -79,13 +79,58 @@ def quality_table(rows, split):
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["imbalance_factor"], r["preset"]), []).append(r)
-    for (imbalance, preset), runs in groups.items():
+    order = ["k-means on PCA-50 pixels", "simclr", "dcl", "cc", "sic", "dcl_cluster"]
+    rank = {name: i for i, name in enumerate(order)}
+    for (imbalance, preset), runs in sorted(groups.items(), key=lambda kv: (-kv[0][0], rank.get(kv[0][1], 99))):
         cells = [_mean_std([r[split].get(k) for r in runs]) for k in keys]
         wall = _mean_std([r["wall_s"] / 60 for r in runs if "wall_s" in r]) if "wall_s" in runs[0] else "-"
         rss = _mean_std([r["peak_rss_mib"] / 1024 for r in runs if "peak_rss_mib" in r]) \
             if "peak_rss_mib" in runs[0] else "-"
         out.append(f"| {imbalance:g} | {preset} | {runs[0][split]['source']} | {len(runs)} | "
                    + " | ".join(cells) + f" | {wall} | {rss} |")
+    return out
+
+
+#: the ablation variants in the per-class plot (all of them would be unreadable)
+PER_CLASS_VARIANTS = ("reference", "warm-up 3/4", "anchor loss on", "prior-matched targets", "detached head",
+                      "prior-matched + anchor + warm-up 3/4")
+
+#: the ablation variants that run the shipped dcl_cluster objective at half and 3/4 warm-up
+LATE_START_VARIANTS = ("prior-matched + anchor", "prior-matched + anchor + warm-up 3/4")
+
+
+def warmup_table(quality, late, ablations, factor=100.0):
+    """Each clustering method with the clustering terms from half and from 3/4 of the epochs."""
+    out = ["| method | warm-up (of 8 epochs) | seeds | NMI | bal. ACC | tail ACC | test NMI | test bal. ACC |",
+           "|---|---:|---:|" + "---:|" * 5]
+    groups: dict = {}
+    for r in quality + late:
+        if r["imbalance_factor"] == factor and r["preset"] in ("cc", "sic"):
+            warmup = r.get("warmup_epochs", r["epochs"] // 2)  # rows before the field: the recipe's half
+            groups.setdefault((r["preset"], warmup), []).append(r)
+    for r in ablations:
+        if r["imbalance_factor"] == factor and r["variant"] in LATE_START_VARIANTS:
+            groups.setdefault(("dcl_cluster", r["settings"]["warmup_epochs"]), []).append(r)
+    for (method, warmup), runs in sorted(groups.items()):
+        cells = [_mean_std([r[split][k] for r in runs])
+                 for split, k in (("train", "nmi"), ("train", "balanced_acc"), ("train", "tail_acc"),
+                                  ("test", "nmi"), ("test", "balanced_acc"))]
+        out.append(f"| {method} | {warmup} | {len(runs)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def digits_table(rows):
+    """The default digits run per objective: the cluster head's scores, mean ± std over seeds."""
+    out = ["| objective | seeds | train NMI | train bal. ACC | train tail ACC | held-out NMI | held-out bal. ACC |",
+           "|---|---:|" + "---:|" * 5]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r["objective"], []).append(r)
+    for name, runs in groups.items():
+        cells = [_mean_std([r["report"][split]["head"][k] for r in runs])
+                 for split, k in (("train (LT)", "nmi"), ("train (LT)", "balanced_acc"), ("train (LT)", "tail_acc"),
+                                  ("held-out", "nmi"), ("held-out", "balanced_acc"))]
+        out.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")  # wall: ran beside other jobs
     return out
 
 
@@ -99,7 +144,7 @@ def plot_per_class(rows, split, path: Path) -> None:
     factors = sorted({r["imbalance_factor"] for r in rows}, reverse=True)
     fig, axes = plt.subplots(1, len(factors), figsize=(6.5 * len(factors), 4.5), squeeze=False)
     for ax, factor in zip(axes[0], factors, strict=True):
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 13 ablation variants, distinct colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # up to 20 ablation variants, distinct colours
         groups: dict = {}
         for r in rows:
             if r["imbalance_factor"] == factor:
@@ -115,7 +160,7 @@ def plot_per_class(rows, split, path: Path) -> None:
         ax.set_ylabel("per-class accuracy")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -139,7 +184,7 @@ def _size_range(runs, split="train"):
     return f"{largest:.0f} / {smallest:.0f}"
 
 
-def ablation_table(rows, reference="preset"):
+def ablation_table(rows, reference="reference"):
     out = ["| IF | variant | seeds | NMI | bal. ACC | tail ACC | Δ NMI | Δ bal. ACC | Δ tail ACC | test NMI | "
            "test bal. ACC | largest / smallest cluster |", "|---:|---|---:|" + "---:|" * 9]
     groups: dict = {}
@@ -160,23 +205,26 @@ BUDGET_KEYS = {"backbone", "projector", "in_channels", "input_size", "num_cluste
                "channels_last", "warmup_epochs"}
 
 
-def shipped_preset_rows(ablations, warmup_fraction=0.5):
-    """The ablation rows that ran exactly the shipped ``dcl_cluster`` objective (and the
-    recipe's warm-up): the ``dcl_cluster`` rows of the quality tables."""
+def shipped_preset_rows(ablations, warmup_fraction=None):
+    """The ablation rows that ran exactly the shipped ``dcl_cluster`` objective (and the CPU
+    recipe's warm-up for it): the ``dcl_cluster`` rows of the quality tables."""
     import inspect
 
-    from quality import warmup_epochs
+    from quality import RECIPES, warmup_epochs
 
     from dcl_cluster import DebiasedClusterModule
     from dcl_cluster.presets import PRESETS
 
+    if warmup_fraction is None:
+        warmup_fraction = RECIPES["cpu"]["warmup_fraction"]["dcl_cluster"]
     params = inspect.signature(DebiasedClusterModule.__init__).parameters.values()
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     shipped = {**defaults, **PRESETS["dcl_cluster"]}
 
     def is_shipped(r):
         ran = {**defaults, **r["settings"]}
-        return (all(ran[k] == v for k, v in shipped.items() if k not in BUDGET_KEYS)
+        unused = {"size_exponent"} if ran["dec_target"] == "prior" else set()  # the prior-matched target has none
+        return (all(ran[k] == v for k, v in shipped.items() if k not in BUDGET_KEYS | unused)
                 and ran["warmup_epochs"] == warmup_epochs(r["epochs"], warmup_fraction))
 
     # their wall time is a share of a chain of runs, not comparable with a standalone run: left out
@@ -244,7 +292,11 @@ def main() -> None:
     if ablations:
         text = replace_block(text, "ablations", ablation_table(ablations))
         plot_cluster_sizes(ablations, DOC.parent / "assets" / "ablation_cluster_sizes.png")
-        plot_per_class(ablations, "train", DOC.parent / "assets" / "ablation_per_class_train.png")
+        plot_per_class([r for r in ablations if r["variant"] in PER_CLASS_VARIANTS], "train",
+                       DOC.parent / "assets" / "ablation_per_class_train.png")
+    digits_path = HERE / "results" / "digits_seeds.json"
+    if digits_path.exists():
+        text = replace_block(text, "digits", digits_table(json.loads(digits_path.read_text())))
     if quality_path.exists():
         # the dcl_cluster rows: ablation runs of exactly the shipped preset (same budget, seeds)
         quality = json.loads(quality_path.read_text()) + shipped_preset_rows(ablations)
@@ -253,6 +305,9 @@ def main() -> None:
         for split in ("train", "test"):
             plot_per_class(quality, split, DOC.parent / "assets" / f"quality_per_class_{split}.png")
         plot_cluster_sizes(quality, DOC.parent / "assets" / "quality_cluster_sizes.png")
+        late_path = HERE / "results" / "quality_late_warmup.json"
+        if late_path.exists():
+            text = replace_block(text, "warmup", warmup_table(quality, json.loads(late_path.read_text()), ablations))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
 

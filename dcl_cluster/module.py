@@ -77,6 +77,8 @@ class DebiasedClusterModule(pl.LightningModule):
         dec_alpha: Student-t degrees of freedom.
         cluster_temperature: Cluster-level temperature of CC.
         cluster_hidden_dim: Hidden width of the softmax cluster head.
+        detach_cluster_input: Feed the cluster head detached features: the clustering and
+            anchor terms then train the head only, the encoder the contrastive loss alone.
         warmup_epochs: Epochs of contrastive-only training before the clustering terms;
             DEC centroids are initialised by k-means on training features at its end.
         kmeans_n_init: k-means restarts for the centroid initialisation.
@@ -124,6 +126,7 @@ class DebiasedClusterModule(pl.LightningModule):
         dec_alpha: float = 1.0,
         cluster_temperature: float = 1.0,
         cluster_hidden_dim: int = 512,
+        detach_cluster_input: bool = False,
         warmup_epochs: int = 0,
         kmeans_n_init: int = 3,
         optimizer: str = "adam",
@@ -206,10 +209,8 @@ class DebiasedClusterModule(pl.LightningModule):
         }
         missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or hp.clustering != "none")]
         if missing:
-            raise ValueError(
-                f"{', '.join(missing)} unknown: pass them to DebiasedClusterModule or train with a datamodule "
-                "that has num_channels, image_size and num_classes (such as LongTailDataModule)"
-            )
+            raise ValueError(f"{', '.join(missing)} unknown: pass them to DebiasedClusterModule or train with a "
+                             "datamodule that has num_channels, image_size and num_classes (LongTailDataModule has)")
         if self.projector is None or (hp.clustering != "none" and self.cluster_head is None):
             self._build(facts["in_channels"], facts["input_size"], facts["num_clusters"])
         needs_clean = hp.delta > 0 or (hp.clustering == "dec" and hp.dec_input == "clean")
@@ -249,7 +250,7 @@ class DebiasedClusterModule(pl.LightningModule):
         h_clean = h[2 * n :] if len(views) == 3 else None
         out = StepOutputs(h_a=h[:n], h_b=h[n : 2 * n], z_a=z[:n], z_b=z[n:], h_clean=h_clean)
         if self.clustering_active:
-            q = self.cluster_head(h)  # (V*B, K)
+            q = self.cluster_head(h.detach() if self.hparams.detach_cluster_input else h)  # (V*B, K)
             out.q_a, out.q_b = q[:n], q[n : 2 * n]
             out.q_clean = q[2 * n :] if len(views) == 3 else None
         return out
@@ -301,8 +302,7 @@ class DebiasedClusterModule(pl.LightningModule):
         terms = self.loss_terms(out, tau)
         loss = sum(weight * value for weight, value in terms.values())
         if self.cluster_head is not None and out.q_a is None:
-            # During the warm-up the head is idle; a zero-weight term keeps its parameters in
-            # the graph so DDP does not stop on unused parameters (their gradient is zero).
+            # The head is idle in the warm-up: a zero term keeps it in the graph for DDP.
             loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
         check_finite(loss, terms, f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})")
         if out.q_a is not None:
@@ -325,9 +325,9 @@ class DebiasedClusterModule(pl.LightningModule):
         self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
 
     def _log_step(self, loss: Tensor, terms: dict, tau: float | Tensor, batch_size: int) -> None:
-        logs_tau = self.hparams.contrastive != "info_nce"
+        tau = tau if self.hparams.contrastive != "info_nce" else None  # InfoNCE has no tau+
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict(step_metrics(terms, tau if logs_tau else None, self.cluster_prior), batch_size=batch_size)
+        self.log_dict(step_metrics(terms, tau, self.cluster_prior), batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
         head = self.cluster_head
@@ -346,10 +346,9 @@ class DebiasedClusterModule(pl.LightningModule):
         if loader is None:
             dm = getattr(self.trainer, "datamodule", None)
             if dm is None or not hasattr(dm, "train_eval_dataloader"):
-                raise ValueError(
-                    "DEC centroids are initialised from training features: train with a datamodule that has "
-                    "train_eval_dataloader() (LongTailDataModule does) or call init_centroids(loader)"
-                )
+                raise ValueError("DEC centroids are initialised from training features: train with a datamodule "
+                                 "that has train_eval_dataloader() (LongTailDataModule does) or call "
+                                 "init_centroids(loader)")
             loader = dm.train_eval_dataloader()
         was_training = self.training
         self.eval()

@@ -68,6 +68,8 @@ def validate_objective(hp: Any) -> None:
     check_size_exponent(hp.size_exponent)
     if hp.dec_input not in ("clean", "views"):
         raise ValueError(f"dec_input must be 'clean' or 'views', got {hp.dec_input!r}")
+    if hp.get("detach_cluster_input") and hp.clustering == "none":
+        raise ValueError("detach_cluster_input=True needs a cluster head: set clustering to 'dec' or 'cc'")
     if hp.delta > 0 and hp.clustering == "none":
         raise ValueError(f"delta={hp.delta} (anchor loss) needs a cluster head: set clustering to 'dec' or 'cc'")
     if hp.warmup_epochs < 0 or hp.lr_warmup_epochs < 0:

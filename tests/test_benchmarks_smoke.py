@@ -43,12 +43,12 @@ def test_ablations_smoke_rows_equal_runs_from_scratch():
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
 
     rows = ablations.main(["--smoke"])
-    assert [r["variant"] for r in rows] == ["preset", "warm-up 1/4"]
+    assert [r["variant"] for r in rows] == ["reference", "warm-up 1/4"]
     for row in rows:
         pl.seed_everything(0)
         dm = LongTailDataModule("digits", imbalance_factor=10.0, batch_size=64, seed=0, clean_view=True)
-        module = DebiasedClusterModule.from_preset("dcl_cluster", backbone_width=8, lr=1e-3, channels_last=True,
-                                                   **row["overrides"])
+        module = DebiasedClusterModule(**{**ablations.REFERENCE, "backbone_width": 8, "lr": 1e-3,
+                                          "channels_last": True, **row["overrides"]})
         pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                    enable_checkpointing=False, limit_val_batches=0).fit(module, datamodule=dm)
         scratch = quality.score(module, dm, 0)
@@ -57,17 +57,31 @@ def test_ablations_smoke_rows_equal_runs_from_scratch():
             assert row[split]["nmi"] == scratch[split]["nmi"], (row["variant"], split)
 
 
+def test_digits_seeds_smoke_runs_the_default_config_per_objective():
+    import digits_seeds
+    import write_docs
+
+    rows = digits_seeds.main(["--smoke"])
+    assert [r["objective"] for r in rows] == list(digits_seeds.OBJECTIVES)
+    for row in rows:
+        assert 0 <= row["report"]["train (LT)"]["head"]["nmi"] <= 1
+    table = write_docs.digits_table(rows)
+    assert len(table) == 2 + len(digits_seeds.OBJECTIVES) and table[2].startswith("| shipped | 1 |")
+
+
 def test_quality_tables_take_only_the_runs_of_the_shipped_preset():
     import write_docs
 
     from dcl_cluster.presets import PRESETS
 
-    def row(variant, epochs=8, **settings):
-        return {"variant": variant, "epochs": epochs, "wall_s": 1.0, "seed": 0,
-                "settings": {**PRESETS["dcl_cluster"], "warmup_epochs": 4, "backbone_width": 32, **settings}}
+    def row(seed, epochs=8, **settings):  # the CPU recipe starts dcl_cluster's clustering at 3/4: 6 of 8 epochs
+        return {"variant": "v", "epochs": epochs, "wall_s": 1.0, "seed": seed,
+                "settings": {**PRESETS["dcl_cluster"], "warmup_epochs": 6, "backbone_width": 32, **settings}}
 
-    rows = [row("shipped"), row("prior from k-means", prior_momentum=1.0), row("targets", dec_target="prior"),
-            row("s1", size_exponent=1.0), row("short warm-up", warmup_epochs=2), row("other budget", epochs=10)]
+    assert PRESETS["dcl_cluster"]["dec_target"] == "prior"
+    rows = [row(0), row(1, size_exponent=0.25),  # the prior-matched target has no size exponent: both shipped
+            row(2, prior_momentum=1.0), row(3, dec_target="batch"), row(4, delta=0.0), row(5, warmup_epochs=4),
+            row(6, epochs=10), row(7, detach_cluster_input=True)]
     picked = write_docs.shipped_preset_rows(rows)
-    assert len(picked) == 1 and picked[0]["settings"]["backbone_width"] == 32
+    assert [r["seed"] for r in picked] == [0, 1] and picked[0]["settings"]["backbone_width"] == 32
     assert "wall_s" not in picked[0] and "variant" not in picked[0]

@@ -24,6 +24,19 @@ def test_method_yaml_equals_python_preset(name):
     assert config.get("data", {}).get("clean_view", False) == needs_clean
 
 
+def test_the_default_run_trains_the_dcl_cluster_preset():
+    # the README's first command: its objective is the shipped preset's, nothing added
+    import inspect
+
+    from dcl_cluster import DebiasedClusterModule
+
+    model = yaml.safe_load((CONFIGS / "digits_lt.yaml").read_text())["model"]
+    objective = {"contrastive", "tau_plus", "clustering", "gamma", "delta", "size_exponent", "dec_target",
+                 "dec_input", "detach_cluster_input", "prior_momentum", "temperature"}
+    assert objective <= set(inspect.signature(DebiasedClusterModule).parameters)
+    assert {k: v for k, v in model.items() if k in objective and k != "temperature"} == PRESETS["dcl_cluster"]
+
+
 def all_config_sets():
     sets = [[CONFIGS / "digits_lt.yaml"]]
     for data in sorted((CONFIGS / "data").glob("*.yaml")):

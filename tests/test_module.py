@@ -10,7 +10,7 @@ import torchvision
 from toy_data import ToyDataModule
 
 from dcl_cluster import DebiasedClusterModule
-from dcl_cluster.losses import debiased_contrastive_loss, dec_clustering_loss
+from dcl_cluster.losses import anchor_loss, debiased_contrastive_loss, dec_clustering_loss, prior_matched_target
 from dcl_cluster.nn import ResNet, SmallCNN
 from dcl_cluster.presets import PRESETS
 
@@ -68,7 +68,8 @@ def batch_from(dm):
 
 def test_loss_terms_are_the_loss_functions():
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, gamma=0.7)
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, gamma=0.7, delta=0.0,
+                   dec_target="batch", size_exponent=0.5)  # the 0.1.0 preset
     module.init_centroids(dm.train_eval_dataloader())
     views, _, _ = batch_from(dm)
     out = module.shared_step(views)
@@ -81,6 +82,43 @@ def test_loss_terms_are_the_loss_functions():
     assert terms["contrastive"][0] == 1.0 and terms["clustering"][0] == 0.7
     torch.testing.assert_close(terms["contrastive"][1], debiased_contrastive_loss(out.z_a, out.z_b, 0.5, expected_tau))
     torch.testing.assert_close(terms["clustering"][1], dec_clustering_loss(out.q_clean, size_exponent=0.5))
+    assert set(terms) == {"contrastive", "clustering"}
+
+
+def test_the_shipped_preset_has_prior_matched_dec_and_the_anchor_loss():
+    dm = ToyDataModule()
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4)
+    module.init_centroids(dm.train_eval_dataloader())
+    module.cluster_prior.copy_(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    out = module.shared_step(batch_from(dm)[0])
+    terms = module.loss_terms(out, module.tau_plus_per_anchor(out))
+    assert {name: weight for name, (weight, _) in terms.items()} == {"contrastive": 1.0, "clustering": 1.0,
+                                                                      "anchor": 1.0}
+    target = prior_matched_target(out.q_clean.detach(), module.cluster_prior)
+    torch.testing.assert_close(terms["clustering"][1], dec_clustering_loss(out.q_clean, target))
+    torch.testing.assert_close(terms["anchor"][1], anchor_loss(out.q_clean, out.q_a, out.q_b))
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_cluster_input_leaves_the_encoder_to_the_contrastive_loss(detach):
+    dm = ToyDataModule()
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, delta=1.0, tau_plus=0.1,
+                   detach_cluster_input=detach)
+    module.init_centroids(dm.train_eval_dataloader())
+    views, _, _ = batch_from(dm)
+
+    def grads(*names):
+        module.zero_grad()
+        terms = module.loss_terms(module.shared_step(views), 0.1)
+        sum(terms[n][0] * terms[n][1] for n in names).backward()
+        return ({k: p.grad.clone() for k, p in module.backbone.named_parameters()},
+                module.cluster_head.centroids.grad)
+
+    contrastive_only, _ = grads("contrastive")
+    joint, centroid_grad = grads("contrastive", "clustering", "anchor")
+    assert centroid_grad is not None and centroid_grad.abs().sum() > 0  # the head still learns
+    same = all(torch.allclose(joint[k], contrastive_only[k], rtol=1e-5, atol=1e-8) for k in joint)
+    assert same == detach  # detached: the clustering terms add nothing to the encoder's gradient
 
 
 def test_centroids_are_kmeans_of_training_features_and_prior_its_sizes():
@@ -140,7 +178,8 @@ def test_dec_targets_use_the_cluster_prior(dec_target):
     from dcl_cluster.losses import dec_clustering_loss, prior_matched_target, target_distribution
 
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, dec_target=dec_target)
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, dec_target=dec_target,
+                   size_exponent=0.5)
     module.init_centroids(dm.train_eval_dataloader())
     module.cluster_prior.copy_(torch.tensor([0.55, 0.25, 0.15, 0.05]))
     out = module.shared_step(batch_from(dm)[0])
@@ -274,6 +313,8 @@ class TestErrors:
     def test_cluster_prior_without_a_head(self):
         with pytest.raises(ValueError, match="needs a cluster head"):
             small("dcl", tau_plus="cluster_prior")
+        with pytest.raises(ValueError, match="detach_cluster_input=True needs a cluster head"):
+            small("dcl", detach_cluster_input=True)
 
     def test_dec_target_and_prior_momentum_out_of_range(self):
         with pytest.raises(ValueError, match=r"dec_target must be one of \('batch', 'dataset', 'prior'\), got 'all'"):
