@@ -78,8 +78,10 @@ def run_one(args) -> dict:
                             batch_size=args.batch_size or recipe["batch_size"], num_workers=args.workers,
                             seed=args.seed, clean_view=clean)
     backbone = ResNet("resnet18", cifar_stem=True) if recipe["backbone"] == "resnet18" else None
-    fraction = recipe["warmup_fraction"].get(args.preset) if args.warmup_fraction is None else args.warmup_fraction
-    warmup = warmup_epochs(args.epochs, fraction) if settings["clustering"] != "none" else 0
+    warmup = 0  # contrastive-only presets have no warm-up
+    if settings["clustering"] != "none":
+        fraction = recipe["warmup_fraction"][args.preset] if args.warmup_fraction is None else args.warmup_fraction
+        warmup = warmup_epochs(args.epochs, fraction)
     module = DebiasedClusterModule.from_preset(
         args.preset, backbone=backbone, backbone_width=args.width, lr=recipe["lr"], warmup_epochs=warmup,
         channels_last=True)

@@ -32,9 +32,9 @@ def test_the_default_run_trains_the_dcl_cluster_preset():
 
     model = yaml.safe_load((CONFIGS / "digits_lt.yaml").read_text())["model"]
     objective = {"contrastive", "tau_plus", "clustering", "gamma", "delta", "size_exponent", "dec_target",
-                 "dec_input", "detach_cluster_input", "prior_momentum", "temperature"}
+                 "dec_input", "detach_cluster_input", "prior_momentum"}
     assert objective <= set(inspect.signature(DebiasedClusterModule).parameters)
-    assert {k: v for k, v in model.items() if k in objective and k != "temperature"} == PRESETS["dcl_cluster"]
+    assert {k: v for k, v in model.items() if k in objective} == PRESETS["dcl_cluster"]
 
 
 def all_config_sets():
