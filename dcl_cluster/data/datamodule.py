@@ -62,8 +62,9 @@ class LongTailDataModule(LightningDataModule):
     layouts are listed in :data:`dcl_cluster.data.sources.LAYOUTS`. The train split keeps
     ``long_tail_counts(n_max, C, imbalance_factor, profile)`` images per class (``n_max`` =
     the smallest class of the full train split: 5000 for CIFAR-10, 500 for CIFAR-100 and
-    STL-10), chosen by a per-class shuffle seeded with ``seed``. ImageNet-LT is long-tailed
-    already and is used as its split file gives it.
+    STL-10), chosen by a per-class shuffle seeded with ``seed``. ``imbalance_factor=1`` or
+    ``profile="none"`` keeps the train split as it is (a folder's own class counts);
+    ImageNet-LT is long-tailed already and is always used as its split file gives it.
 
     Batches: ``train_dataloader()`` -> ``(views, y, index)`` with ``views = [x_a, x_b]``
     (plus ``x_clean`` last when ``clean_view``), float ``(B, C, S, S)``, normalised; ``y`` is
@@ -73,9 +74,10 @@ class LongTailDataModule(LightningDataModule):
     Args:
         dataset: source name.
         data_dir: the source's root folder (or the ``.npz`` file); unused by ``"digits"``.
-        imbalance_factor: ``n_max / n_min``, a finite number >= 1.
+        imbalance_factor: ``n_max / n_min``, a finite number >= 1; 1 keeps the train
+            split's own counts (no cut).
         profile: ``"exp"`` (LDAM), ``"step"`` (half the classes at ``n_max / IF``) or
-            ``"none"`` (keep the train split as it is).
+            ``"none"`` (keep the train split as it is, whatever ``imbalance_factor``).
         batch_size: training batch size (also the evaluation batch size by default).
         num_workers: DataLoader worker processes.
         seed: seed of the subset selection and of the training order.
@@ -230,8 +232,8 @@ class LongTailDataModule(LightningDataModule):
         hp = self.hparams
         if self._restored_indices is not None:
             return self._restored_indices
-        if data.long_tailed or hp.profile == "none":
-            return np.arange(len(data.train_labels), dtype=np.int64)
+        if data.long_tailed or hp.profile == "none" or hp.imbalance_factor == 1:
+            return np.arange(len(data.train_labels), dtype=np.int64)  # the split's own counts
         indices = long_tail_indices(data.train_labels, hp.imbalance_factor, hp.seed, hp.profile)
         counts = np.bincount(data.train_labels[indices], minlength=self.num_classes)
         if (counts == 0).any():
@@ -279,10 +281,21 @@ class LongTailDataModule(LightningDataModule):
                             if use_val else self.test_dataset)
         self.num_train_samples = len(self.train_dataset)
         if self.batch_size > self.num_train_samples:
-            raise ValueError(
-                f"batch_size={self.batch_size} is larger than the long-tailed train set of "
-                f"{hp.dataset!r} ({self.num_train_samples} images at imbalance_factor="
-                f"{hp.imbalance_factor}); lower batch_size or imbalance_factor")
+            raise ValueError(self._too_few_images_message(len(labels)))
+
+    def _too_few_images_message(self, full_size: int) -> str:
+        """What to change when the train set is smaller than one batch: only advice that can
+        be followed (a lower factor only when the long tail cut something)."""
+        hp, n = self.hparams, self.num_train_samples
+        where = f"{hp.dataset!r}" + (f" in {hp.data_dir}" if hp.data_dir else "")
+        counts = ", ".join(f"{name}: {c}" for name, c in
+                           zip(self.class_names, self.train_class_counts, strict=True))
+        message = (f"batch_size={self.batch_size} is larger than the train set of {where} "
+                   f"({n} images: {counts}); set batch_size <= {n}")
+        if n < full_size:
+            message += (f", or keep more images: imbalance_factor: 1 (or profile: none) keeps "
+                         f"all {full_size} training images, a lower imbalance_factor keeps more")
+        return message
 
     # ---------------------------------------------------------------- loaders
 

@@ -34,12 +34,12 @@ def check_imbalance_factor(imbalance_factor: float) -> float:
         >>> check_imbalance_factor(0.5)
         Traceback (most recent call last):
         ...
-        ValueError: imbalance_factor must be a finite number >= 1 (1 keeps classes balanced), got 0.5
+        ValueError: imbalance_factor must be a finite number >= 1 (n_max / n_min), got 0.5
     """
     ok = isinstance(imbalance_factor, Real) and not isinstance(imbalance_factor, bool)
     if not ok or not math.isfinite(imbalance_factor) or imbalance_factor < 1:
         raise ValueError(
-            f"imbalance_factor must be a finite number >= 1 (1 keeps classes balanced), "
+            f"imbalance_factor must be a finite number >= 1 (n_max / n_min), "
             f"got {imbalance_factor!r}"
         )
     return float(imbalance_factor)
