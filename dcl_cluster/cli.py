@@ -1,26 +1,183 @@
 """The ``dcl-cluster`` command: LightningCLI over DebiasedClusterModule and
-LongTailDataModule, with the clustering evaluator always attached and a closing table
-of the final model's clustering scores after ``fit``.
+LongTailDataModule, with the clustering evaluator always attached, a ``last.ckpt`` kept at the
+end of every epoch, and a closing table of the final model's clustering scores after ``fit``.
 
     dcl-cluster fit --config examples/configs/digits_lt.yaml
     dcl-cluster fit --config examples/configs/data/cifar10_lt.yaml \\
                     --config examples/configs/method/dcl_cluster.yaml
+    dcl-cluster fit --config ... --ckpt_path last       # resume the latest run of that root
+
+Configuration and data errors print one short message (``DCL_CLUSTER_DEBUG=1`` shows the
+traceback); SIGTERM and Ctrl-C save ``last.ckpt``, say where, and exit non-zero.
 """
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningCLI
+import difflib
+import os
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from dcl_cluster.callbacks import ClusteringEvaluator
 from dcl_cluster.data import LongTailDataModule
 from dcl_cluster.module import DebiasedClusterModule
 from dcl_cluster.report import final_report
 
-__all__ = ["DCLClusterCLI", "main"]
+__all__ = ["DCLClusterCLI", "RunCheckpoint", "check_checkpoint", "find_last_checkpoint", "main", "runs_root"]
+
+DESCRIPTION = (
+    "dcl-cluster: joint debiased contrastive learning and clustering on long-tailed images. "
+    "Trains DebiasedClusterModule on a LongTailDataModule, scores the clusters of the final "
+    "model, keeps checkpoints/last.ckpt every epoch; --ckpt_path last resumes the latest run."
+)
+SUBCOMMAND_DESCRIPTIONS = {
+    "fit": "Train (and score at the end). " + DESCRIPTION.split(": ", 1)[1],
+    "validate": "Score a checkpoint (--ckpt_path) on the validation split.",
+    "test": "Score a checkpoint (--ckpt_path) on the held-out test split.",
+    "predict": "Cluster ids and embeddings of the held-out split from a checkpoint (--ckpt_path).",
+}
+DEBUG_ENV = "DCL_CLUSTER_DEBUG"
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt`` at the end of every training epoch, whatever the validation
+    frequency, and on SIGTERM / Ctrl-C (saying where). Added to ``fit`` when the configuration
+    has no ModelCheckpoint of its own; Lightning's SLURM requeue (SIGUSR1, an hpc checkpoint)
+    is left as it is."""
+
+    def __init__(self, dirpath: str | None = None):
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, save_on_train_epoch_end=True,
+                         save_on_exception=True, enable_version_counter=False)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Save only when interrupted (not on errors, whose state may be broken) and say where."""
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        super().on_exception(trainer, pl_module, exception)
+        what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
+        path = self.best_model_path
+        if path and Path(path).is_file():
+            _say(f"{what}: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                 f"checkpoint saved to {path}\nresume with: --ckpt_path {path}  (or --ckpt_path last)")
+        else:
+            _say(f"{what}: training stopped before its first step ended; no checkpoint was written")
+
+
+@rank_zero_only
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The most recently written ``last.ckpt`` under ``root`` (a logger's root holding
+    ``version_*/checkpoints/``, or a run folder), or None."""
+    root = Path(root)
+    found = [p for p in root.glob("**/last.ckpt") if p.is_file()] if root.is_dir() else []
+    return max(found, key=lambda p: (p.stat().st_mtime, _version_number(p)), default=None)
+
+
+def runs_root(trainer_config) -> Path:
+    """Where a trainer configuration's runs go: the logger's ``save_dir/name`` (the folder of
+    its ``version_*`` runs), else ``default_root_dir`` (Lightning's own fallbacks)."""
+    default_root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+    logger = trainer_config.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else False
+    if logger is False:
+        return default_root
+    init_args = (logger.get("init_args") or {}) if hasattr(logger, "get") else {}
+    save_dir = Path(init_args.get("save_dir") or init_args.get("root_dir") or default_root)
+    name = init_args.get("name", "lightning_logs")
+    return save_dir / name if name else save_dir
+
+
+def _version_number(path: Path) -> int:
+    numbers = [int(m.group(1)) for part in path.parts if (m := re.fullmatch(r"version_(\d+)", part))]
+    return numbers[-1] if numbers else -1
+
+
+def check_checkpoint(path: str | os.PathLike) -> Path:
+    """Raise one error naming ``path`` when it is missing or not a checkpoint that
+    ``torch.load(weights_only=True)`` reads; return it as a Path. Memory-maps the tensors, so
+    the check reads little more than the file's index."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" (it holds a {unsupported.group(1)})" if unsupported else ""
+        raise ValueError(f"checkpoint {str(path)!r} holds objects a safe load refuses{what}: it was "
+                         f"not written by dcl-cluster, or was changed since; use a checkpoint that "
+                         f"a dcl-cluster run wrote") from None
+    except Exception as err:  # EOFError, RuntimeError (zip), KeyError, ... : a damaged file
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: "
+                         f"{_first_sentence(err)}); it is damaged or "
+                         f"truncated (an interrupted copy, a full disk): use another checkpoint, e.g. "
+                         f"an earlier one of the same run") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
+    return path
+
+
+def _first_sentence(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+    return text.split(". ")[0].rstrip(".")
+
+
+class DCLClusterArgumentParser(LightningArgumentParser):
+    """Parse errors in one short paragraph: what was wrong, the nearest valid option name for a
+    typo, and where to see the rest (``--help``); no page of usage."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if os.environ.get(DEBUG_ENV) == "1" or not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        text = _short_parse_error(message, parser)
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {text}\n(see {prog} --help; {DEBUG_ENV}=1 shows the details)\n")
+        sys.exit(2)
+
+
+def _option_names(parser) -> list[str]:
+    names = []
+    for action in parser._actions:
+        names += [s for s in action.option_strings if s.startswith("--")]
+    return names
+
+
+def _short_parse_error(message: str, parser) -> str:
+    """Keep the lines of jsonargparse's message that matter and suggest close option names."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    options = _option_names(parser)
+    suggestions = []
+    for bad in re.findall(r"(?:option|argument|key)s?:? '?(--?[\w.]+|[\w]+(?:\.[\w]+)+)'?", message):
+        name = bad if bad.startswith("--") else "--" + bad
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        if close and close[0] != name:
+            suggestions.append(f"{name.lstrip('-')} -> did you mean {close[0]}?")
+    text = lines[0] if lines else message
+    if len(lines) > 1:  # nested detail: keep the deepest, most specific line too
+        text += " " + lines[-1] if lines[-1] not in text else ""
+    return text + "".join(f"\n  {s}" for s in suggestions)
 
 
 class DCLClusterCLI(LightningCLI):
-    """LightningCLI with ``--evaluator.*`` options for the always-on ClusteringEvaluator."""
+    """LightningCLI with ``--evaluator.*`` options for the always-on ClusteringEvaluator, a
+    ``last.ckpt`` every epoch, ``--ckpt_path last`` over runs, and checkpoints checked
+    before they are loaded."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ClusteringEvaluator, "evaluator")
@@ -30,21 +187,88 @@ class DCLClusterCLI(LightningCLI):
             "and print NMI / ACC / ARI and head/medium/tail ACC.",
         )
 
+    def _subcommand_config(self):
+        return self.config_init[self.subcommand] if self.subcommand else self.config_init
+
+    def instantiate_trainer(self, **kwargs: Any):
+        """Add :class:`RunCheckpoint` to ``fit`` unless the configuration brings a ModelCheckpoint."""
+        trainer_config = self._subcommand_config().get("trainer", {})
+        configured = trainer_config.get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
+        if (self.subcommand == "fit" and wants_checkpoints and "callbacks" not in kwargs
+                and not any(isinstance(c, ModelCheckpoint) for c in configured)):
+            kwargs["callbacks"] = [*configured, RunCheckpoint()]
+        return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------ checkpoints to load
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then resolve ``--ckpt_path last`` and check the checkpoint file, before
+        LightningCLI reads the model's hyperparameters from it."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._resolve_ckpt_path(self.config[subcommand])
+
+    @staticmethod
+    def _resolve_ckpt_path(config) -> None:
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path is None or ckpt_path == "hpc":
+            return
+        if ckpt_path == "last":
+            root = runs_root(config.get("trainer") or {})
+            found = find_last_checkpoint(root)
+            if found is None:
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no run under {str(root)!r} has a last.ckpt to resume (the "
+                    f"logger's save_dir/name, or trainer.default_root_dir); start without "
+                    f"--ckpt_path, or pass the path of a .ckpt file")
+            _say(f"resuming from {found}")
+            ckpt_path = found
+        config["ckpt_path"] = str(check_checkpoint(ckpt_path))
+
     def after_fit(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._subcommand_config()
         if config.get("report", True) and not self.trainer.interrupted:
             final_report(self.trainer, self.model, self.datamodule)
+        saved = [c.last_model_path or c.best_model_path for c in self.trainer.checkpoint_callbacks]
+        saved = [p for p in saved if p and Path(p).is_file()]
+        if saved:
+            _say("last checkpoint: " + ", ".join(saved))
+
+
+def _raised_by_us(err: BaseException) -> bool:
+    """True when the innermost frame that raised ``err`` is in this package."""
+    tb = err.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    return bool(frames) and Path(frames[-1]).resolve().is_relative_to(PACKAGE_DIR)
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dcl-cluster`` console script (``args`` default to ``sys.argv``)."""
-    DCLClusterCLI(
-        DebiasedClusterModule,
-        LongTailDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    debug = os.environ.get(DEBUG_ENV) == "1"
+    try:
+        DCLClusterCLI(
+            DebiasedClusterModule,
+            LongTailDataModule,
+            args=args,
+            parser_class=DCLClusterArgumentParser,
+            parser_kwargs={"description": DESCRIPTION,
+                           **{name: {"description": text} for name, text in SUBCOMMAND_DESCRIPTIONS.items()}},
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except SIGTERMException:
+        sys.exit(EXIT_SIGTERM)  # Lightning's SIGTERMException is a SystemExit with code 0
+    except (ValueError, FileNotFoundError) as err:
+        if debug or not _raised_by_us(err):
+            raise
+        sys.stderr.write(f"error: {err}\n({DEBUG_ENV}=1 shows the traceback)\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
