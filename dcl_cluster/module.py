@@ -1,50 +1,54 @@
-"""DebiasedClusterModule: the LightningModule that trains a backbone with the debiased
-contrastive loss and a clustering objective jointly (METHOD.md 2.4).
+"""DebiasedClusterModule: the LightningModule that trains a backbone on a list of objective
+terms, contrastive and clustering, jointly (METHOD.md 2.4).
 
-One backbone forward for all views; the projector feeds the contrastive loss and the
-cluster head the clustering terms. Objective terms are a name -> (weight, value) dict
-built by :meth:`DebiasedClusterModule.loss_terms`, which a subclass extends with a line.
+One backbone forward for all views; the projector feeds the contrastive terms and the
+cluster head the clustering terms; projections and head outputs are gathered across
+processes once, and every term sees the global batch. The module never asks which terms it
+runs: it reads what they need (views, a head, the cluster prior) once, at ``setup``.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import warnings
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcl_cluster.cluster.centroids import kmeans_centroids
-from dcl_cluster.losses import (
-    ClusterContrastiveLoss,
-    DebiasedContrastiveLoss,
-    DECClusteringLoss,
-    HardNegativeLoss,
-    InfoNCELoss,
-    anchor_loss,
-)
-from dcl_cluster.nn import ClusterHead, MLPProjectionHead, ResNet, SmallCNN, feature_dim
-from dcl_cluster.objective import StepOutputs, check_finite, check_num_clusters, step_metrics, validate_objective
+from dcl_cluster.distributed import gather_with_grad, world_size
+from dcl_cluster.losses.checks import tensor_value_checks
+from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, cluster_head, feature_dim
+from dcl_cluster.nn.heads import HEAD_KINDS
+from dcl_cluster.objectives import Objective, StepOutputs, apply_term_settings, build_objectives
+from dcl_cluster.objectives.base import TermSettingError
+from dcl_cluster.objectives.assembly import check_finite, check_num_clusters, head_kind_for, step_metrics, views_for
 from dcl_cluster.optim import build_optimizer
 from dcl_cluster.presets import preset
 
 __all__ = ["DebiasedClusterModule", "StepOutputs"]
 
+
 class DebiasedClusterModule(pl.LightningModule):
     """Joint debiased contrastive learning and clustering for long-tailed images.
 
-    Implements METHOD.md 2.4: ``L = L_con + gamma * L_clu + delta * L_anc`` with ``L_con``
-    InfoNCE (Chen et al. 2020), the debiased loss (Chuang et al. 2020) with a constant,
-    uniform or cluster-prior ``tau+`` (METHOD.md 1.3), or the hard-negative loss (Robinson
-    et al. 2021); ``L_clu`` DEC (Xie et al. 2016) or the cluster-level loss of CC (Li et
-    al. 2021); ``L_anc`` the anchor loss (Sundareswaran et al. 2021).
-
-    Dataset facts (``in_channels``, ``input_size``, ``num_clusters`` = number of classes)
-    are read from the datamodule at ``setup`` when not given, and then stored in the
-    hyperparameters so checkpoints reload without it.
+    Trains ``sum(term.weight * term(step) for term in objectives)`` (METHOD.md 2.4); the
+    terms live in :mod:`dcl_cluster.objectives` and the presets of
+    :func:`~dcl_cluster.presets.preset` are lists of them. Dataset facts (``in_channels``,
+    ``input_size``, ``num_clusters`` = number of classes) are read from the datamodule at
+    ``setup`` when not given, then stored in the hyperparameters so checkpoints reload
+    without it.
 
     Args:
+        objectives: The terms (``Objective`` instances or ``class_path`` configs); ``None``:
+            the ``dcl_cluster`` preset.
+        term_settings: Changes to the terms' settings, ``{"<term name>.<setting>": value}``
+            (a bare ``"<setting>"`` when one term has it): the command line's one-liner,
+            ``--model.term_settings '{contrastive.tau_plus: 0.05}'``.
         backbone: Feature extractor (``nn.Module``; an ``out_dim`` attribute saves a dummy
             forward). ``None``: :class:`~dcl_cluster.nn.SmallCNN` up to 64 px, else a
             ResNet-18.
@@ -55,41 +59,26 @@ class DebiasedClusterModule(pl.LightningModule):
         backbone_width: Width of the default SmallCNN.
         projection_dim: Size of ``z``.
         projection_hidden_dim: Hidden width of the default projector.
-        contrastive: ``"info_nce"``, ``"debiased"`` or ``"hard_negative"``.
-        temperature: Contrastive temperature ``t > 0``.
-        tau_plus: A float in ``[0, 1)``, ``"uniform"`` (1/K) or ``"cluster_prior"``.
-        tau_plus_warmup: Constant ``tau+`` used by ``"cluster_prior"`` until the cluster
-            head is initialised.
-        tau_min: Lower clip of the per-anchor cluster-prior ``tau+``.
-        tau_max: Upper clip of the per-anchor cluster-prior ``tau+``.
-        prior_momentum: EMA momentum of the cluster-size prior ``pi`` (estimated by k-means
-            at the end of the warm-up, then from the head's assignments); 1 keeps the
-            k-means estimate.
-        beta: Hard-negative concentration (``contrastive="hard_negative"``).
-        clustering: ``"none"``, ``"dec"`` (Student-t centroids) or ``"cc"`` (softmax head).
-        gamma: Weight of the clustering term.
-        delta: Weight of the anchor loss (needs a clean view and a cluster head).
-        size_exponent: DEC target's cluster-size exponent (1 = DEC, 0 = no size pressure).
-        dec_target: DEC target: ``"batch"`` sizes, ``"dataset"`` sizes (the prior ``pi``),
-            or ``"prior"``-matched sizes (see :class:`~dcl_cluster.losses.DECClusteringLoss`).
-        dec_input: ``"clean"`` (the un-augmented view; the datamodule needs
-            ``clean_view=True``) or ``"views"`` (both augmented views).
-        dec_alpha: Student-t degrees of freedom.
-        cluster_temperature: Cluster-level temperature of CC.
-        cluster_hidden_dim: Hidden width of the softmax cluster head.
-        detach_cluster_input: Feed the cluster head detached features: the clustering and
-            anchor terms then train the head only, the encoder the contrastive loss alone.
+        cluster_head: Kind of cluster head (``"student_t"``, ``"softmax"``, ``"cosine"``);
+            ``None``: the one the terms prefer (none when no term needs one).
+        cluster_hidden_dim: Hidden width of the softmax head.
+        student_t_alpha: Degrees of freedom of the Student-t head.
+        cosine_scale: Logit scale of the cosine head.
+        prior_momentum: EMA momentum of the cluster-size prior ``pi`` (k-means sizes at the
+            end of the warm-up, then the head's assignments); 1 keeps the k-means estimate.
+        detach_cluster_input: Feed the cluster head detached features: the clustering terms
+            then train the head only, the encoder the contrastive terms alone.
         warmup_epochs: Epochs of contrastive-only training before the clustering terms;
-            DEC centroids are initialised by k-means on training features at its end.
-        kmeans_n_init: k-means restarts for the centroid initialisation.
+            k-means initialised heads are initialised on training features at its end.
+        kmeans_n_init: k-means restarts for that initialisation.
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         lr: Peak learning rate.
         weight_decay: Weight decay.
         momentum: SGD momentum.
         lr_warmup_epochs: Linear learning-rate warm-up epochs.
         cosine: Cosine decay of the learning rate after the warm-up, per step.
-        gather_distributed: Gather projections and assignments across DDP processes, so
-            negatives and cluster frequencies come from the global batch.
+        gather_distributed: Gather projections and head outputs across DDP processes, so
+            negatives, cluster sizes and transport plans span the global batch.
         channels_last: Run the backbone in channels-last memory format.
 
     Examples:
@@ -101,6 +90,8 @@ class DebiasedClusterModule(pl.LightningModule):
 
     def __init__(
         self,
+        objectives: list[Objective] | None = None,
+        term_settings: dict[str, Any] | None = None,
         backbone: nn.Module | None = None,
         projector: nn.Module | None = None,
         in_channels: int | None = None,
@@ -109,23 +100,11 @@ class DebiasedClusterModule(pl.LightningModule):
         backbone_width: int = 32,
         projection_dim: int = 128,
         projection_hidden_dim: int = 512,
-        contrastive: str = "debiased",
-        temperature: float = 0.5,
-        tau_plus: float | str = 0.1,
-        tau_plus_warmup: float = 0.1,
-        tau_min: float = 1e-3,
-        tau_max: float = 0.5,
-        prior_momentum: float = 0.99,
-        beta: float = 1.0,
-        clustering: str = "dec",
-        gamma: float = 1.0,
-        delta: float = 0.0,
-        size_exponent: float = 1.0,
-        dec_target: str = "batch",
-        dec_input: str = "clean",
-        dec_alpha: float = 1.0,
-        cluster_temperature: float = 1.0,
+        cluster_head: str | None = None,
         cluster_hidden_dim: int = 512,
+        student_t_alpha: float = 1.0,
+        cosine_scale: float = 10.0,
+        prior_momentum: float = 0.99,
         detach_cluster_input: bool = False,
         warmup_epochs: int = 0,
         kmeans_n_init: int = 3,
@@ -145,6 +124,10 @@ class DebiasedClusterModule(pl.LightningModule):
                     f"this checkpoint was trained with an injected {name} ({value}); pass "
                     f"{name}=<the same architecture> to load_from_checkpoint"
                 )
+        terms = build_objectives(preset("dcl_cluster")["objectives"] if objectives is None else objectives)
+        terms = apply_term_settings(terms, term_settings or {})
+        # save_hyperparameters reads these locals: the terms as configs, settings applied
+        objectives, term_settings = [t.config() for t in terms], None  # noqa: F841
         with warnings.catch_warnings():  # injected modules are handled just below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
@@ -154,32 +137,59 @@ class DebiasedClusterModule(pl.LightningModule):
             # (Under LightningCLI the hparams hold its class_path config, which reloads.)
             if isinstance(value, nn.Module):
                 self.hparams[name] = f"injected {type(value).__qualname__}"
-        validate_objective(self.hparams)
+        self._check_settings()
+        self.objectives = nn.ModuleList(terms)
+        self.head_kind = head_kind_for(terms, cluster_head, list(HEAD_KINDS))
+        self.extra_views = views_for(terms)
         self.backbone = backbone
         self.projector = projector
-        self.cluster_head: ClusterHead | None = None
+        self.cluster_head: nn.Module | None = None
         self.register_buffer("cluster_prior", torch.empty(0))
-        self.contrastive_loss = self._make_contrastive_loss()
-        self.dec_loss = DECClusteringLoss(size_exponent, gather_distributed, dec_target)
-        self.cc_loss = ClusterContrastiveLoss(cluster_temperature, gather_distributed)
-        if None not in (in_channels, input_size) and (num_clusters is not None or clustering == "none"):
+        self._clustering_start_step = 0
+        self._total_steps = 0.0
+        if None not in (in_channels, input_size) and (num_clusters is not None or not self._needs_k()):
             self._build(in_channels, input_size, num_clusters)
+
+    # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DebiasedClusterModule:
-        """Build the module with preset ``name`` (``simclr``, ``dcl``, ``cc``, ``sic``,
-        ``dcl_cluster``; METHOD.md 2.4), any argument overridden."""
-        return cls(**{**preset(name), **overrides})
+        """Build the module with preset ``name``, any argument overridden.
 
-    def _make_contrastive_loss(self) -> nn.Module:
+        An override that is not a module argument sets the term setting of that name
+        (``tau_plus=0.05`` on the ``dcl`` preset's debiased term); ``"<term name>.<setting>"``
+        picks the term when several have the setting (``**{"anchor.weight": 0.5}``); see
+        :func:`~dcl_cluster.objectives.apply_term_settings`.
+
+        Examples:
+            >>> m = DebiasedClusterModule.from_preset("dcl", tau_plus=0.05)
+            >>> m.objectives[0].tau_plus
+            0.05
+        """
+        kwargs = preset(name)
+        module_args = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        settings = {k: v for k, v in overrides.items() if k not in module_args}
+        kwargs.update({k: v for k, v in overrides.items() if k in module_args})
+        try:
+            kwargs["objectives"] = apply_term_settings(kwargs["objectives"], settings)
+        except TermSettingError as err:
+            raise TypeError(f"an override of preset {name!r} is neither an argument of {cls.__name__} nor a "
+                            f"term setting: {err}") from None
+        return cls(**kwargs)
+
+    def _check_settings(self) -> None:
         hp = self.hparams
-        t, gather = hp.temperature, hp.gather_distributed
-        if hp.contrastive == "info_nce":
-            return InfoNCELoss(t, gather)
-        default_tau = hp.tau_plus if isinstance(hp.tau_plus, float | int) else hp.tau_plus_warmup
-        if hp.contrastive == "debiased":
-            return DebiasedContrastiveLoss(t, default_tau, gather)
-        return HardNegativeLoss(t, default_tau, hp.beta, gather)
+        if not 0 <= hp.prior_momentum <= 1:
+            raise ValueError(f"prior_momentum must be in [0, 1], got {hp.prior_momentum}")
+        if hp.warmup_epochs < 0 or hp.lr_warmup_epochs < 0:
+            raise ValueError("warmup_epochs and lr_warmup_epochs must be >= 0, got "
+                             f"{hp.warmup_epochs} and {hp.lr_warmup_epochs}")
+        if hp.num_clusters is not None:
+            check_num_clusters(hp.num_clusters)
+
+    def _needs_k(self) -> bool:
+        """Whether the number of clusters must be known to build (a head, or a term asks)."""
+        return self.head_kind is not None or any(t.needs().prior or t.needs().num_clusters for t in self.objectives)
 
     def _build(self, in_channels: int, image_size: int, num_clusters: int | None) -> None:
         hp = self.hparams
@@ -190,11 +200,16 @@ class DebiasedClusterModule(pl.LightningModule):
         dim = feature_dim(self.backbone, in_channels, image_size)
         if self.projector is None:
             self.projector = MLPProjectionHead(dim, hp.projection_hidden_dim, hp.projection_dim)
-        if hp.clustering != "none" and self.cluster_head is None:
+        if self.head_kind is not None and self.cluster_head is None:
             check_num_clusters(num_clusters)
-            kind = "student_t" if hp.clustering == "dec" else "softmax"
-            self.cluster_head = ClusterHead(dim, num_clusters, kind, hp.dec_alpha, hp.cluster_hidden_dim)
+            self.cluster_head = cluster_head(self.head_kind, dim, num_clusters, alpha=hp.student_t_alpha,
+                                             hidden_dim=hp.cluster_hidden_dim, scale=hp.cosine_scale)
             self.cluster_prior = torch.full((num_clusters,), 1.0 / num_clusters)
+        if hp.detach_cluster_input and self.cluster_head is None:
+            raise ValueError("detach_cluster_input=True needs a cluster head: no objective term uses one "
+                             "(set cluster_head or add a clustering term)")
+        for term in self.objectives:
+            term.build(num_clusters)
         if hp.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.hparams.update(in_channels=in_channels, input_size=image_size, num_clusters=num_clusters)
@@ -207,26 +222,55 @@ class DebiasedClusterModule(pl.LightningModule):
             "input_size": hp.input_size if hp.input_size is not None else getattr(dm, "image_size", None),
             "num_clusters": hp.num_clusters if hp.num_clusters is not None else getattr(dm, "num_classes", None),
         }
-        missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or hp.clustering != "none")]
+        missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or self._needs_k())]
         if missing:
             raise ValueError(f"{', '.join(missing)} unknown: pass them to DebiasedClusterModule or train with a "
                              "datamodule that has num_channels, image_size and num_classes (LongTailDataModule has)")
-        if self.projector is None or (hp.clustering != "none" and self.cluster_head is None):
+        if self.projector is None or (self.head_kind is not None and self.cluster_head is None):
             self._build(facts["in_channels"], facts["input_size"], facts["num_clusters"])
-        needs_clean = hp.delta > 0 or (hp.clustering == "dec" and hp.dec_input == "clean")
-        if needs_clean and dm is not None and getattr(dm, "hparams", {}).get("clean_view") is False:
-            raise ValueError(
-                "this objective needs the un-augmented view (dec_input='clean' or delta > 0): "
-                "set clean_view=True in the datamodule, or dec_input='views' with delta=0"
-            )
+        for term in self.objectives:
+            term.check()
+        if stage == "fit" and self.extra_views and dm is not None:
+            self._request_views(dm)
+
+    def _request_views(self, dm: Any) -> None:
+        """Ask the datamodule for the extra views the terms need (``require_views``), or check
+        its ``clean_view`` flag when it has only that."""
+        if hasattr(dm, "require_views"):
+            dm.require_views(self.extra_views)
+        elif "clean" in self.extra_views and getattr(dm, "hparams", {}).get("clean_view") is False:
+            users = [type(t).__name__ for t in self.objectives if "clean" in t.needs().views]
+            raise ValueError(f"{', '.join(users)} need(s) the un-augmented view: set clean_view=True in the datamodule")
 
     def on_fit_start(self) -> None:
-        hp, max_epochs = self.hparams, self.trainer.max_epochs
-        if hp.clustering != "none" and max_epochs not in (None, -1) and hp.warmup_epochs >= max_epochs:
+        hp, trainer = self.hparams, self.trainer
+        if self.cluster_head is None:
+            return
+        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+        if trainer.fast_dev_run:
+            return  # one batch to check the wiring: the warm-up is not at stake
+        if max_epochs not in (None, -1) and hp.warmup_epochs >= max_epochs:
             raise ValueError(
                 f"warmup_epochs={hp.warmup_epochs} leaves no epoch for the clustering terms with "
                 f"trainer.max_epochs={max_epochs}: use warmup_epochs < max_epochs"
             )
+        batches = trainer.num_training_batches
+        if max_steps not in (None, -1) and math.isfinite(batches) and batches > 0:
+            steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+            if hp.warmup_epochs * steps_per_epoch >= max_steps:
+                raise ValueError(
+                    f"trainer.max_steps={max_steps} ends inside the warm-up (warmup_epochs={hp.warmup_epochs} x "
+                    f"{steps_per_epoch} steps per epoch): use more steps or fewer warm-up epochs"
+                )
+
+    def on_train_start(self) -> None:
+        total = float(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs
+        per_epoch = total / max_epochs if max_epochs not in (None, -1) and math.isfinite(total) else 0.0
+        self._total_steps = total
+        self._clustering_start_step = int(round(self.hparams.warmup_epochs * per_epoch))
+
+    # ------------------------------------------------------------------ training
 
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features ``h`` (the embeddings used for k-means and kNN evaluation)."""
@@ -240,75 +284,75 @@ class DebiasedClusterModule(pl.LightningModule):
         head = self.cluster_head
         return head is not None and head.ready and self.current_epoch >= self.hparams.warmup_epochs
 
-    def shared_step(self, views: list[Tensor]) -> StepOutputs:
-        """One backbone forward for all views, then the projector and the cluster head."""
-        if len(views) not in (2, 3):
-            raise ValueError(f"a training batch needs 2 views (+1 clean view), got {len(views)}")
+    def clustering_progress(self) -> float:
+        """Fraction of the clustering phase done (optimizer steps), in ``[0, 1]``."""
+        start, total = self._clustering_start_step, self._total_steps
+        if not self.clustering_active or not math.isfinite(total) or total <= start:
+            return 0.0
+        return min(1.0, max(0.0, (self.global_step - start) / (total - start)))
+
+    def _view_names(self, count: int) -> list[str]:
+        names = ["a", "b"] + self.extra_views
+        if count == len(names):
+            return names
+        if count == 3 and not self.extra_views:  # a clean view nobody asked for: computed, unused
+            return ["a", "b", "clean"]
+        raise ValueError(f"a training batch needs {len(names)} views ({', '.join(names)}), got {count}")
+
+    def shared_step(self, views: list[Tensor], index: Tensor | None = None) -> StepOutputs:
+        """One backbone forward for all views, then the projector and the cluster head; the
+        projections and head outputs gathered across processes in one collective."""
+        names = self._view_names(len(views))
         n = views[0].shape[0]
         h = self(torch.cat(views))  # (V*B, F)
         z = self.projector(h[: 2 * n])  # (2B, projection_dim)
-        h_clean = h[2 * n :] if len(views) == 3 else None
-        out = StepOutputs(h_a=h[:n], h_b=h[n : 2 * n], z_a=z[:n], z_b=z[n:], h_clean=h_clean)
+        parts = [z[:n], z[n:]]
         if self.clustering_active:
-            q = self.cluster_head(h.detach() if self.hparams.detach_cluster_input else h)  # (V*B, K)
-            out.q_a, out.q_b = q[:n], q[n : 2 * n]
-            out.q_clean = q[2 * n :] if len(views) == 3 else None
+            logits = self.cluster_head(h.detach() if self.hparams.detach_cluster_input else h)  # (V*B, K)
+            parts += list(logits.float().split(n))
+        if self.hparams.gather_distributed and world_size() > 1:
+            widths = [p.shape[1] for p in parts]
+            parts = list(gather_with_grad(torch.cat([p.float() for p in parts], dim=1)).split(widths, dim=1))
+        h_clean = h[names.index("clean") * n:][:n] if "clean" in names else None
+        out = StepOutputs(z_a=parts[0], z_b=parts[1], h_a=h[:n], h_b=h[n: 2 * n], h_clean=h_clean,
+                          cluster_prior=self.cluster_prior if self.cluster_head is not None else None,
+                          progress=self.clustering_progress(), index=index)
+        for name, logit in zip(names, parts[2:], strict=False):
+            out.logits[name] = logit
+            out.q[name] = torch.softmax(logit, dim=1)
         return out
 
-    def tau_plus_per_anchor(self, out: StepOutputs) -> float | Tensor:
-        """``tau+`` for the 2B anchors: constant, 1/K, or ``clip(q_i . pi)`` (METHOD.md 1.3)."""
-        hp = self.hparams
-        if hp.tau_plus == "uniform":
-            return 1.0 / hp.num_clusters
-        if hp.tau_plus == "cluster_prior":
-            if out.q_a is None:
-                return hp.tau_plus_warmup
-            q = torch.cat([out.q_a, out.q_b]).detach().float()  # (2B, K), ordered [a, b]
-            return (q @ self.cluster_prior.float()).clamp(hp.tau_min, hp.tau_max)
-        return float(hp.tau_plus)
-
-    def loss_terms(self, out: StepOutputs, tau_plus: float | Tensor) -> dict[str, tuple[float, Tensor]]:
-        """Every objective term as ``name -> (weight, value)``; extend in a subclass."""
-        hp = self.hparams
-        if hp.contrastive == "info_nce":
-            terms = {"contrastive": (1.0, self.contrastive_loss(out.z_a, out.z_b))}
-        else:
-            terms = {"contrastive": (1.0, self.contrastive_loss(out.z_a, out.z_b, tau_plus))}
-        if out.q_a is None:
-            return terms
-        if hp.clustering == "dec":
-            if hp.dec_input == "clean":
-                q = self._require_clean(out.q_clean, "dec_input='clean'")
-            else:
-                q = torch.cat([out.q_a, out.q_b])
-            terms["clustering"] = (hp.gamma, self.dec_loss(q, prior=self.cluster_prior))
-        elif hp.clustering == "cc":
-            terms["clustering"] = (hp.gamma, self.cc_loss(out.q_a, out.q_b))
-        if hp.delta > 0:
-            q_clean = self._require_clean(out.q_clean, f"delta={hp.delta} (the anchor loss)")
-            terms["anchor"] = (hp.delta, anchor_loss(q_clean, out.q_a, out.q_b))
+    def loss_terms(self, step: StepOutputs) -> dict[str, tuple[float, Tensor]]:
+        """Every active term as ``name -> (weight, value)``; extend in a subclass."""
+        terms = {}
+        with tensor_value_checks(False):  # the module builds tau+ and the prior in range
+            for term in self.objectives:
+                if term.needs().clustering and not step.clustering:
+                    continue
+                terms[term.name] = (float(term.weight), term(step))
         return terms
 
-    @staticmethod
-    def _require_clean(q_clean: Tensor | None, what: str) -> Tensor:
-        if q_clean is None:
-            raise ValueError(f"{what} needs the un-augmented view: set clean_view=True in the datamodule")
-        return q_clean
-
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        views = batch[0]
-        out = self.shared_step(list(views))
-        tau = self.tau_plus_per_anchor(out)
-        terms = self.loss_terms(out, tau)
+        views = list(batch[0])
+        index = batch[2] if len(batch) > 2 else None
+        step = self.shared_step(views, index)
+        terms = self.loss_terms(step)
         loss = sum(weight * value for weight, value in terms.values())
-        if self.cluster_head is not None and out.q_a is None:
+        if self.cluster_head is not None and not step.clustering:
             # The head is idle in the warm-up: a zero term keeps it in the graph for DDP.
             loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
-        check_finite(loss, terms, f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})")
-        if out.q_a is not None:
-            self._update_cluster_prior(torch.cat([out.q_a, out.q_b]).detach())
-        self._log_step(loss, terms, tau, len(views[0]))
+        if batch_idx == 0 or self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            check_finite(loss, terms, where)
+        if step.clustering:
+            self._update_cluster_prior(torch.cat([step.q["a"], step.q["b"]]).detach(), gathered=self._gathers())
+        extra = {k: v for term in self.objectives for k, v in term.logs().items()}
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(views[0]))
+        self.log_dict(step_metrics(terms, extra, step.cluster_prior), batch_size=len(views[0]))
         return loss
+
+    def _gathers(self) -> bool:
+        return bool(self.hparams.gather_distributed) and world_size() > 1
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         # The idle head's zero gradient only kept DDP happy: drop it, or weight decay erases the head.
@@ -317,27 +361,25 @@ class DebiasedClusterModule(pl.LightningModule):
                 p.grad = None
 
     @torch.no_grad()
-    def _update_cluster_prior(self, q: Tensor) -> None:
+    def _update_cluster_prior(self, q: Tensor, gathered: bool) -> None:
         batch_sizes = q.float().mean(dim=0)
-        if self.trainer.world_size > 1:
+        if not gathered and self._trainer is not None and self.trainer.world_size > 1:
             batch_sizes = self.trainer.strategy.reduce(batch_sizes, reduce_op="mean")
         m = self.hparams.prior_momentum
         self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
-
-    def _log_step(self, loss: Tensor, terms: dict, tau: float | Tensor, batch_size: int) -> None:
-        tau = tau if self.hparams.contrastive != "info_nce" else None  # InfoNCE has no tau+
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict(step_metrics(terms, tau, self.cluster_prior), batch_size=batch_size)
 
     def on_train_epoch_start(self) -> None:
         head = self.cluster_head
         if head is not None and not head.ready and self.current_epoch >= self.hparams.warmup_epochs:
             self.init_centroids()
+        for term in self.objectives:
+            term.on_train_epoch_start(self)
 
     @torch.no_grad()
     def init_centroids(self, loader: Any = None) -> None:
-        """Initialise the DEC centroids (and the cluster prior) by k-means on the backbone
-        features of the training set, identically on every process.
+        """Initialise a k-means initialised cluster head (Student-t centroids, cosine
+        prototypes) and the cluster prior by k-means on the backbone features of the
+        training set, identically on every process.
 
         Args:
             loader: Batches ``(x, ...)`` of un-augmented training images; default the
@@ -346,14 +388,13 @@ class DebiasedClusterModule(pl.LightningModule):
         if loader is None:
             dm = getattr(self.trainer, "datamodule", None)
             if dm is None or not hasattr(dm, "train_eval_dataloader"):
-                raise ValueError("DEC centroids are initialised from training features: train with a datamodule "
+                raise ValueError("the cluster head is initialised from training features: train with a datamodule "
                                  "that has train_eval_dataloader() (LongTailDataModule does) or call "
                                  "init_centroids(loader)")
             loader = dm.train_eval_dataloader()
-        was_training = self.training
-        self.eval()
-        features = torch.cat([self(batch[0].to(self.device)).float() for batch in loader])
-        self.train(was_training)
+        features = self.embed_loader(loader)
+        if getattr(self.cluster_head, "normalize_features", False):
+            features = F.normalize(features, dim=1)
         centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init)
         centers = centers.to(self.device)
         if self._trainer is not None and self.trainer.world_size > 1:  # rank 0's result everywhere
@@ -361,6 +402,22 @@ class DebiasedClusterModule(pl.LightningModule):
             sizes = self.trainer.strategy.broadcast(sizes, src=0)
         self.cluster_head.init_centroids(centers)
         self.cluster_prior.copy_((sizes / sizes.sum()).to(self.cluster_prior))
+
+    @torch.no_grad()
+    def embed_loader(self, loader: Any) -> Tensor:
+        """Backbone features ``(N, F)`` (float32) of every batch ``(x, ...)`` of ``loader``, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.cat([self(batch[0].to(self.device)).float() for batch in loader])
+        finally:
+            self.train(was_training)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # terms edited after construction are saved with their current settings
+        checkpoint.setdefault("hyper_parameters", {})["objectives"] = [t.config() for t in self.objectives]
+
+    # ------------------------------------------------------------------ evaluation
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Returns the evaluator protocol's ``{"embeddings", "cluster_probs"}``."""
@@ -378,7 +435,7 @@ class DebiasedClusterModule(pl.LightningModule):
         h = self(x)
         out = {"embeddings": h.float()}
         if self.cluster_head is not None and self.cluster_head.ready:
-            out["cluster_probs"] = self.cluster_head(h).float()
+            out["cluster_probs"] = torch.softmax(self.cluster_head(h).float(), dim=1)
         return out
 
     def configure_optimizers(self) -> Any:

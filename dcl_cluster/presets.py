@@ -1,48 +1,46 @@
-"""The five presets of METHOD.md 2.4 as data: which objective terms, weights and heads.
+"""The presets of METHOD.md 2.4 as data: each a list of objective terms.
 
-``examples/configs/method/<name>.yaml`` holds the same settings for the CLI (a test keeps
-the two equal); in Python, ``DebiasedClusterModule.from_preset(name, **overrides)``.
+``examples/configs/method/<name>.yaml`` holds the same terms as ``class_path`` lists for the
+CLI (a test keeps the two equal); in Python, ``preset(name)["objectives"]`` is a fresh list
+ready to edit, and ``DebiasedClusterModule.from_preset(name, **overrides)`` builds the module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from dcl_cluster.objectives import (
+    AnchorConsistency,
+    ClusterContrastive,
+    DebiasedContrastive,
+    DECClustering,
+    InfoNCE,
+    Objective,
+)
 
 __all__ = ["PRESETS", "preset"]
 
-PRESETS: dict[str, dict[str, Any]] = {
+#: name -> a function returning the preset's terms (fresh instances on every call)
+PRESETS: dict[str, Callable[[], list[Objective]]] = {
     # InfoNCE only; clusters come from k-means on features at evaluation.
-    "simclr": {"contrastive": "info_nce", "clustering": "none", "delta": 0.0},
+    "simclr": lambda: [InfoNCE()],
     # The debiased loss of Chuang et al. with a constant class prior.
-    "dcl": {"contrastive": "debiased", "tau_plus": 0.1, "clustering": "none", "delta": 0.0},
+    "dcl": lambda: [DebiasedContrastive(tau_plus=0.1)],
     # Contrastive Clustering: InfoNCE + the cluster-level loss on a softmax head.
-    "cc": {"contrastive": "info_nce", "clustering": "cc", "gamma": 1.0, "delta": 0.0, "cluster_temperature": 1.0},
+    "cc": lambda: [InfoNCE(), ClusterContrastive(temperature=1.0)],
     # The second seed: InfoNCE + DEC on the clean view + the anchor loss, all weights 1.
-    "sic": {
-        "contrastive": "info_nce",
-        "clustering": "dec",
-        "gamma": 1.0,
-        "delta": 1.0,
-        "size_exponent": 1.0,
-        "dec_input": "clean",
-    },
+    "sic": lambda: [InfoNCE(), DECClustering(size_exponent=1.0, inputs="clean"), AnchorConsistency()],
     # The main seed: per-anchor tau+ from the cluster prior + DEC on the clean view, with the
     # target's cluster sizes matched to that prior and the anchor loss (chosen by the
-    # ablations in docs/benchmarks.md; 0.1.0 used per-batch targets, size_exponent 0.5, delta 0).
-    "dcl_cluster": {
-        "contrastive": "debiased",
-        "tau_plus": "cluster_prior",
-        "clustering": "dec",
-        "gamma": 1.0,
-        "delta": 1.0,
-        "dec_target": "prior",
-        "dec_input": "clean",
-    },
+    # ablations in docs/benchmarks.md; 0.1.0 used per-batch targets, size_exponent 0.5, no anchor).
+    "dcl_cluster": lambda: [DebiasedContrastive(tau_plus="cluster_prior"), DECClustering(target="prior"),
+                            AnchorConsistency()],
 }
 
 
 def preset(name: str) -> dict[str, Any]:
-    """A copy of the settings of preset ``name`` (METHOD.md 2.4).
+    """The module arguments of preset ``name`` (METHOD.md 2.4): ``{"objectives": [terms]}``.
 
     ``simclr``: InfoNCE only (Chen et al., ICML 2020); ``dcl``: the debiased loss with a
     constant ``tau+`` (Chuang et al., NeurIPS 2020); ``cc``: Contrastive Clustering (Li et
@@ -51,20 +49,21 @@ def preset(name: str) -> dict[str, Any]:
     and DEC (Xie et al., ICML 2016) toward prior-matched targets, plus the anchor loss.
 
     Args:
-        name: One of ``"simclr"``, ``"dcl"``, ``"cc"``, ``"sic"``, ``"dcl_cluster"``.
+        name: One of :data:`PRESETS`.
 
     Returns:
-        Keyword arguments of :class:`~dcl_cluster.module.DebiasedClusterModule`.
+        Keyword arguments of :class:`~dcl_cluster.module.DebiasedClusterModule`; the terms
+        are new instances, safe to edit.
 
     Raises:
         ValueError: an unknown name.
 
     Examples:
-        >>> preset("dcl")
-        {'contrastive': 'debiased', 'tau_plus': 0.1, 'clustering': 'none', 'delta': 0.0}
+        >>> preset("dcl")["objectives"]
+        [DebiasedContrastive(weight=1.0, temperature=0.5, tau_plus=0.1, tau_plus_warmup=0.1, tau_min=0.001, tau_max=0.5)]
         >>> sorted(PRESETS)
         ['cc', 'dcl', 'dcl_cluster', 'sic', 'simclr']
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return dict(PRESETS[name])
+    return {"objectives": PRESETS[name]()}

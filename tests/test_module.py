@@ -12,7 +12,8 @@ from toy_data import ToyDataModule
 from dcl_cluster import DebiasedClusterModule
 from dcl_cluster.losses import anchor_loss, debiased_contrastive_loss, dec_clustering_loss, prior_matched_target
 from dcl_cluster.nn import ResNet, SmallCNN
-from dcl_cluster.presets import PRESETS
+from dcl_cluster.objectives import ClusterContrastive, DebiasedContrastive, DECClustering, InfoNCE
+from dcl_cluster.presets import PRESETS, preset
 
 
 def make_trainer(tmp_path=None, **kwargs):
@@ -24,9 +25,19 @@ def make_trainer(tmp_path=None, **kwargs):
     return pl.Trainer(**{**defaults, **kwargs})
 
 
+SMALL = dict(backbone_width=4, projection_hidden_dim=32, projection_dim=16, cluster_hidden_dim=16)
+
+
 def small(preset, **overrides):
-    return DebiasedClusterModule.from_preset(preset, backbone_width=4, projection_hidden_dim=32,
-                                             projection_dim=16, cluster_hidden_dim=16, **overrides)
+    return DebiasedClusterModule.from_preset(preset, **SMALL, **overrides)
+
+
+def small_with(objectives, **kwargs):
+    return DebiasedClusterModule(objectives=objectives, **SMALL, **kwargs)
+
+
+def preset_terms(name):
+    return preset(name)["objectives"]
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -37,8 +48,9 @@ def test_every_preset_trains_and_logs_its_terms(preset):
     trainer.fit(module, datamodule=ToyDataModule())
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"])
-    assert ("train/clustering" in metrics) == (PRESETS[preset]["clustering"] != "none")
-    assert ("train/anchor" in metrics) == (PRESETS[preset].get("delta", 0) > 0)
+    names = {term.name for term in preset_terms(preset)}
+    assert {k for k in metrics if k in ("train/contrastive", "train/clustering", "train/anchor")} == {
+        f"train/{n}" for n in names}
     if module.cluster_head is not None:
         assert module.cluster_head.ready
         torch.testing.assert_close(module.cluster_prior.sum(), torch.tensor(1.0))
@@ -68,17 +80,18 @@ def batch_from(dm):
 
 def test_loss_terms_are_the_loss_functions():
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, gamma=0.7, delta=0.0,
-                   dec_target="batch", size_exponent=0.5)  # the 0.1.0 preset
+    module = small_with([DebiasedContrastive(tau_plus="cluster_prior"),  # the 0.1.0 preset
+                         DECClustering(weight=0.7, target="batch", size_exponent=0.5)],
+                        in_channels=1, input_size=8, num_clusters=4)
     module.init_centroids(dm.train_eval_dataloader())
     views, _, _ = batch_from(dm)
     out = module.shared_step(views)
-    tau = module.tau_plus_per_anchor(out)
+    tau = module.objectives[0].tau_per_anchor(out)
     # METHOD.md 1.3 written out: tau_i = clip(sum_k q_ik pi_k, tau_min, tau_max)
     q = torch.cat([out.q_a, out.q_b]).detach()
     expected_tau = torch.clamp((q * module.cluster_prior).sum(1), 1e-3, 0.5)
     torch.testing.assert_close(tau, expected_tau)
-    terms = module.loss_terms(out, tau)
+    terms = module.loss_terms(out)
     assert terms["contrastive"][0] == 1.0 and terms["clustering"][0] == 0.7
     torch.testing.assert_close(terms["contrastive"][1], debiased_contrastive_loss(out.z_a, out.z_b, 0.5, expected_tau))
     torch.testing.assert_close(terms["clustering"][1], dec_clustering_loss(out.q_clean, size_exponent=0.5))
@@ -91,7 +104,7 @@ def test_the_shipped_preset_has_prior_matched_dec_and_the_anchor_loss():
     module.init_centroids(dm.train_eval_dataloader())
     module.cluster_prior.copy_(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     out = module.shared_step(batch_from(dm)[0])
-    terms = module.loss_terms(out, module.tau_plus_per_anchor(out))
+    terms = module.loss_terms(out)
     assert {name: weight for name, (weight, _) in terms.items()} == {"contrastive": 1.0, "clustering": 1.0,
                                                                       "anchor": 1.0}
     target = prior_matched_target(out.q_clean.detach(), module.cluster_prior)
@@ -102,14 +115,14 @@ def test_the_shipped_preset_has_prior_matched_dec_and_the_anchor_loss():
 @pytest.mark.parametrize("detach", [False, True])
 def test_detach_cluster_input_leaves_the_encoder_to_the_contrastive_loss(detach):
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, delta=1.0, tau_plus=0.1,
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, tau_plus=0.1,
                    detach_cluster_input=detach)
     module.init_centroids(dm.train_eval_dataloader())
     views, _, _ = batch_from(dm)
 
     def grads(*names):
         module.zero_grad()
-        terms = module.loss_terms(module.shared_step(views), 0.1)
+        terms = module.loss_terms(module.shared_step(views))
         sum(terms[n][0] * terms[n][1] for n in names).backward()
         return ({k: p.grad.clone() for k, p in module.backbone.named_parameters()},
                 module.cluster_head.centroids.grad)
@@ -138,10 +151,10 @@ def test_centroids_are_kmeans_of_training_features_and_prior_its_sizes():
 
 
 def test_uniform_tau_plus_is_one_over_k():
-    module = small("dcl", tau_plus="uniform", clustering="dec", in_channels=1, input_size=8, num_clusters=5,
-                   dec_input="views")
+    module = small("dcl", tau_plus="uniform", in_channels=1, input_size=8, num_clusters=5)
     views, _, _ = batch_from(ToyDataModule(clean_view=False))
-    assert module.tau_plus_per_anchor(module.shared_step(views)) == pytest.approx(0.2)
+    assert module.cluster_head is None  # 1/K needs K, not a head
+    assert module.objectives[0].tau_per_anchor(module.shared_step(views)) == pytest.approx(0.2)
 
 
 def test_cluster_prior_ema_update():
@@ -153,7 +166,7 @@ def test_cluster_prior_ema_update():
     module.trainer.fit_loop.epoch_progress.current.completed = 0
     views, _, _ = batch_from(dm)
     out = module.shared_step(views)
-    module._update_cluster_prior(torch.cat([out.q_a, out.q_b]).detach())
+    module._update_cluster_prior(torch.cat([out.q_a, out.q_b]).detach(), gathered=False)
     expected = 0.9 * before + 0.1 * torch.cat([out.q_a, out.q_b]).detach().mean(0)
     torch.testing.assert_close(module.cluster_prior, expected)
 
@@ -178,12 +191,12 @@ def test_dec_targets_use_the_cluster_prior(dec_target):
     from dcl_cluster.losses import dec_clustering_loss, prior_matched_target, target_distribution
 
     dm = ToyDataModule()
-    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, dec_target=dec_target,
+    module = small("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, target=dec_target,
                    size_exponent=0.5)
     module.init_centroids(dm.train_eval_dataloader())
     module.cluster_prior.copy_(torch.tensor([0.55, 0.25, 0.15, 0.05]))
     out = module.shared_step(batch_from(dm)[0])
-    got = module.loss_terms(out, 0.1)["clustering"][1]
+    got = module.loss_terms(out)["clustering"][1]
     q, prior = out.q_clean, module.cluster_prior
     p = (target_distribution(q, 0.5, cluster_sizes=prior) if dec_target == "dataset"
          else prior_matched_target(q, prior))
@@ -310,20 +323,45 @@ class TestErrors:
         with pytest.raises(ValueError, match="tau_plus must be"):
             small("dcl", tau_plus=tau)
 
-    def test_cluster_prior_without_a_head(self):
-        with pytest.raises(ValueError, match="needs a cluster head"):
-            small("dcl", tau_plus="cluster_prior")
+    def test_cluster_prior_gets_a_head_and_detaching_needs_one(self):
+        module = small("dcl", tau_plus="cluster_prior", in_channels=1, input_size=8, num_clusters=4)
+        assert module.cluster_head is not None and module.cluster_head.kind == "student_t"
         with pytest.raises(ValueError, match="detach_cluster_input=True needs a cluster head"):
-            small("dcl", detach_cluster_input=True)
+            small("dcl", detach_cluster_input=True, in_channels=1, input_size=8)
 
     def test_dec_target_and_prior_momentum_out_of_range(self):
-        with pytest.raises(ValueError, match=r"dec_target must be one of \('batch', 'dataset', 'prior'\), got 'all'"):
-            small("dcl_cluster", dec_target="all")
+        with pytest.raises(ValueError, match=r"target must be one of \('batch', 'dataset', 'prior'\), got 'all'"):
+            small("dcl_cluster", target="all")
         with pytest.raises(ValueError, match=r"prior_momentum must be in \[0, 1\], got 1.5"):
             small("dcl_cluster", prior_momentum=1.5)
-        with pytest.raises(ValueError, match="dec_target='prior' sets the DEC target: it needs clustering='dec', "
-                                             "got clustering='cc'"):
-            small("cc", dec_target="prior")
+        with pytest.raises(TypeError, match="nor a term setting: term setting 'target' matches no term"):
+            small("cc", target="prior")
+
+    def test_terms_that_need_different_heads(self):
+        class DEC(DECClustering):
+            name = "dec"
+
+        with pytest.raises(ValueError, match=r"need cluster heads of different kinds: ClusterContrastive "
+                                             r"\(softmax/cosine\), DEC \(student_t\)"):
+            small_with([InfoNCE(), ClusterContrastive(), DEC(inputs="views")])
+        with pytest.raises(ValueError, match="cluster_head='student_t' does not suit the objective terms"):
+            small_with([InfoNCE(), ClusterContrastive()], cluster_head="student_t")
+
+    def test_an_ambiguous_term_setting_names_the_terms(self):
+        with pytest.raises(TypeError, match=r"matches 3 terms \(contrastive, clustering, anchor\)"):
+            small("sic", weight=0.5)
+        assert small("sic", **{"anchor.weight": 0.5}).objectives[2].weight == 0.5
+
+    def test_max_steps_inside_the_warmup(self):
+        with pytest.raises(ValueError, match=r"trainer.max_steps=3 ends inside the warm-up \(warmup_epochs=1 x 4 "
+                                             "steps per epoch\)"):
+            make_trainer(max_epochs=5, max_steps=3).fit(small("dcl_cluster", warmup_epochs=1),
+                                                        datamodule=ToyDataModule())
+
+    def test_fast_dev_run_runs_despite_the_warmup(self):
+        module = small("dcl_cluster", warmup_epochs=5)
+        make_trainer(fast_dev_run=True).fit(module, datamodule=ToyDataModule())
+        assert module.cluster_head is not None
 
     def test_warmup_longer_than_training(self):
         with pytest.raises(ValueError, match="warmup_epochs=3 leaves no epoch .* trainer.max_epochs=3"):

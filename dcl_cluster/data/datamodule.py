@@ -341,6 +341,23 @@ class LongTailDataModule(LightningDataModule):
         """Same batches as :meth:`test_dataloader`."""
         return self.test_dataloader()
 
+    def require_views(self, views) -> None:
+        """Serve the extra views an objective needs; ``DebiasedClusterModule`` calls this at
+        ``setup`` with what its terms declare, so a method config needs no data flag.
+        ``"clean"`` turns ``clean_view`` on (after :meth:`setup` too).
+
+        Raises:
+            ValueError: a view this datamodule cannot serve.
+        """
+        unsupported = [v for v in views if v != "clean"]
+        if unsupported:
+            raise ValueError(f"the objective needs the view(s) {unsupported}, which LongTailDataModule "
+                             "does not serve (it serves 'clean')")
+        if "clean" in views and not self.hparams.clean_view:
+            self.hparams.clean_view = True
+            if getattr(self, "train_dataset", None) is not None:
+                self.train_dataset.clean = self.train_eval_dataset.transform
+
     # ---------------------------------------------------------------- checkpoint
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,9 +13,11 @@ import math
 import torch
 from torch import Tensor
 
+from dcl_cluster.losses.checks import check_size_exponent, tensor_value_checks_enabled
 from dcl_cluster.losses.contrastive import info_nce_loss
 
 __all__ = [
+    "student_t_logits",
     "student_t_assignment",
     "target_distribution",
     "prior_matched_target",
@@ -27,12 +29,6 @@ __all__ = [
 
 def _as_float(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def check_size_exponent(size_exponent: float) -> None:
-    """Raise ``ValueError`` unless ``size_exponent`` is a finite number >= 0."""
-    if not isinstance(size_exponent, (int, float)) or not math.isfinite(size_exponent) or size_exponent < 0:
-        raise ValueError(f"size_exponent must be a finite number >= 0, got {size_exponent!r}")
 
 
 def _check_assignments(name: str, q: Tensor) -> None:
@@ -49,11 +45,9 @@ def _kl_rows(p: Tensor, q: Tensor) -> Tensor:
     return (torch.special.xlogy(p, p) - p * _safe_log(q)).sum(dim=1)
 
 
-def student_t_assignment(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Tensor:
-    """Soft assignment of features to centroids with a Student-t kernel (DEC, METHOD.md 2.1).
-
-    ``q_ik = (1 + |h_i - mu_k|^2 / alpha)^(-(alpha + 1) / 2)``, normalised over ``k``;
-    computed as a softmax of the log-kernel so it cannot overflow.
+def student_t_logits(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Tensor:
+    """The log of DEC's Student-t kernel, ``-(alpha + 1) / 2 * log(1 + |h_i - mu_k|^2 / alpha)``:
+    logits whose softmax over ``k`` is :func:`student_t_assignment`.
 
     Args:
         h: Features, shape ``(B, d)``.
@@ -61,12 +55,12 @@ def student_t_assignment(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Te
         alpha: Degrees of freedom of the Student-t kernel, ``> 0``.
 
     Returns:
-        ``q`` of shape ``(B, K)``; each row sums to 1.
+        Logits of shape ``(B, K)`` (float32 for half inputs).
 
     Examples:
         >>> import torch
-        >>> q = student_t_assignment(torch.randn(4, 3), torch.randn(5, 3))
-        >>> torch.allclose(q.sum(dim=1), torch.ones(4))
+        >>> h, mu = torch.randn(4, 3), torch.randn(5, 3)
+        >>> torch.allclose(torch.softmax(student_t_logits(h, mu), 1), student_t_assignment(h, mu))
         True
     """
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
@@ -82,8 +76,30 @@ def student_t_assignment(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Te
         - 2 * torch.mm(h, centroids.t()).to(h.dtype)
         + centroids.pow(2).sum(dim=1)
     ).clamp_min(0)  # (B, K)
-    log_kernel = -(alpha + 1) / 2 * torch.log1p(sq_dist / alpha)
-    return torch.softmax(log_kernel, dim=1)
+    return -(alpha + 1) / 2 * torch.log1p(sq_dist / alpha)
+
+
+def student_t_assignment(h: Tensor, centroids: Tensor, alpha: float = 1.0) -> Tensor:
+    """Soft assignment of features to centroids with a Student-t kernel (DEC, METHOD.md 2.1).
+
+    ``q_ik = (1 + |h_i - mu_k|^2 / alpha)^(-(alpha + 1) / 2)``, normalised over ``k``;
+    computed as a softmax of the log-kernel (:func:`student_t_logits`) so it cannot overflow.
+
+    Args:
+        h: Features, shape ``(B, d)``.
+        centroids: Cluster centres ``mu``, shape ``(K, d)``.
+        alpha: Degrees of freedom of the Student-t kernel, ``> 0``.
+
+    Returns:
+        ``q`` of shape ``(B, K)``; each row sums to 1.
+
+    Examples:
+        >>> import torch
+        >>> q = student_t_assignment(torch.randn(4, 3), torch.randn(5, 3))
+        >>> torch.allclose(q.sum(dim=1), torch.ones(4))
+        True
+    """
+    return torch.softmax(student_t_logits(h, centroids, alpha), dim=1)
 
 
 def target_distribution(q: Tensor, size_exponent: float = 1.0, cluster_sizes: Tensor | None = None) -> Tensor:
@@ -124,8 +140,10 @@ def target_distribution(q: Tensor, size_exponent: float = 1.0, cluster_sizes: Te
 
 
 def _check_prior(prior: Tensor, num_clusters: int, name: str) -> Tensor:
-    # one host sync for all three value checks: this runs every training step
-    if prior.shape != (num_clusters,) or not bool(torch.isfinite(prior).all() & (prior >= 0).all() & (prior.sum() > 0)):
+    # values: one host sync for all three checks, skipped inside the training module
+    bad_values = tensor_value_checks_enabled() and not bool(
+        torch.isfinite(prior).all() & (prior >= 0).all() & (prior.sum() > 0))
+    if prior.shape != (num_clusters,) or bad_values:
         raise ValueError(
             f"{name} must be {num_clusters} finite non-negative numbers with a positive sum, got {prior.tolist()}"
         )

@@ -12,18 +12,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from dcl_cluster.distributed import gather_with_grad
+from dcl_cluster.losses.checks import check_beta, check_size_exponent, check_tau_plus, check_temperature
 from dcl_cluster.losses.clustering import (
     anchor_loss,
-    check_size_exponent,
     cluster_contrastive_loss,
     dec_clustering_loss,
     prior_matched_target,
     target_distribution,
 )
 from dcl_cluster.losses.contrastive import (
-    check_beta,
-    check_tau_plus,
-    check_temperature,
     debiased_contrastive_loss,
     hard_negative_loss,
     info_nce_loss,

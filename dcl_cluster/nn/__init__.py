@@ -1,6 +1,14 @@
 """Network parts: backbones and heads."""
 
 from dcl_cluster.nn.backbones import MLP, ResNet, SmallCNN, feature_dim
-from dcl_cluster.nn.heads import ClusterHead, MLPProjectionHead, ProjectionHead
+from dcl_cluster.nn.heads import (
+    CosineHead,
+    MLPProjectionHead,
+    ProjectionHead,
+    SoftmaxHead,
+    StudentTHead,
+    cluster_head,
+)
 
-__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim", "ProjectionHead", "MLPProjectionHead", "ClusterHead"]
+__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim", "ProjectionHead", "MLPProjectionHead", "StudentTHead",
+           "SoftmaxHead", "CosineHead", "cluster_head"]

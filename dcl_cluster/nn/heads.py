@@ -1,5 +1,7 @@
 """Heads on top of backbone features: the projector of the contrastive loss and the
-cluster heads (DEC centroids with a Student-t kernel, or a softmax head as in CC)."""
+cluster heads (DEC centroids with a Student-t kernel, a softmax head as in CC, a cosine
+classifier as in P²OT). Every cluster head returns logits ``(B, K)`` whose softmax is the
+soft assignment ``q``."""
 
 from __future__ import annotations
 
@@ -8,9 +10,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dcl_cluster.losses import student_t_assignment
+import torch.nn.functional as F
 
-__all__ = ["ProjectionHead", "MLPProjectionHead", "ClusterHead"]
+from dcl_cluster.losses import student_t_logits
+
+__all__ = ["ProjectionHead", "MLPProjectionHead", "StudentTHead", "SoftmaxHead", "CosineHead", "cluster_head",
+           "HEAD_KINDS"]
 
 Block = tuple[int, int, "nn.Module | None", "nn.Module | None"]
 
@@ -83,54 +88,16 @@ class MLPProjectionHead(ProjectionHead):
         super().__init__(blocks)
 
 
-class ClusterHead(nn.Module):
-    """Soft cluster assignments ``q`` (B, K) from backbone features.
+class _KMeansInitialised(nn.Module):
+    """A cluster head whose prototypes start at k-means centres of training features."""
 
-    ``kind="student_t"``: learnable DEC centroids ``mu`` (K, d) and the Student-t kernel
-    of METHOD.md 2.1, to be initialised by k-means (:meth:`init_centroids`).
-    ``kind="softmax"``: a two-layer MLP with a softmax output, as the cluster projector of
-    Contrastive Clustering (METHOD.md 2.3); ready from the start.
-
-    Implements the clustering layer of Xie et al., "Unsupervised Deep Embedding for
-    Clustering Analysis" (DEC), ICML 2016, and the cluster projector of Li et al.,
-    "Contrastive Clustering", AAAI 2021.
-
-    Args:
-        input_dim: Feature size ``d``.
-        num_clusters: ``K >= 2``.
-        kind: ``"student_t"`` or ``"softmax"``.
-        alpha: Student-t degrees of freedom.
-        hidden_dim: Hidden width of the softmax head.
-
-    Examples:
-        >>> head = ClusterHead(input_dim=16, num_clusters=3, kind="student_t")
-        >>> head.ready  # DEC centroids wait for k-means
-        False
-        >>> head.init_centroids(torch.randn(3, 16))
-        >>> q = head(torch.randn(5, 16))
-        >>> q.shape, torch.allclose(q.sum(dim=1), torch.ones(5))
-        (torch.Size([5, 3]), True)
-    """
-
-    def __init__(
-        self, input_dim: int, num_clusters: int, kind: str = "student_t", alpha: float = 1.0, hidden_dim: int = 512
-    ) -> None:
+    def __init__(self, input_dim: int, num_clusters: int) -> None:
         super().__init__()
         if num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
-        if kind not in ("student_t", "softmax"):
-            raise ValueError(f"kind must be 'student_t' or 'softmax', got {kind!r}")
-        self.kind = kind
-        self.alpha = alpha
         self.num_clusters = num_clusters
-        if kind == "student_t":
-            self.centroids = nn.Parameter(torch.zeros(num_clusters, input_dim))
-            self.register_buffer("initialized", torch.tensor(False))
-        else:
-            self.mlp = nn.Sequential(
-                nn.Linear(input_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_clusters)
-            )
-            self.register_buffer("initialized", torch.tensor(True))
+        self.centroids = nn.Parameter(torch.zeros(num_clusters, input_dim))
+        self.register_buffer("initialized", torch.tensor(False))
 
     @property
     def ready(self) -> bool:
@@ -139,15 +106,123 @@ class ClusterHead(nn.Module):
 
     @torch.no_grad()
     def init_centroids(self, centers: Tensor) -> None:
-        """Set the DEC centroids, e.g. to k-means centres of training features."""
-        if self.kind != "student_t":
-            raise ValueError("init_centroids applies to kind='student_t' only")
+        """Set the centroids, e.g. to k-means centres of training features."""
         if centers.shape != self.centroids.shape:
             raise ValueError(f"centers must have shape {tuple(self.centroids.shape)}, got {tuple(centers.shape)}")
         self.centroids.copy_(centers.to(self.centroids))
         self.initialized.fill_(True)
 
+
+class StudentTHead(_KMeansInitialised):
+    """DEC's clustering layer (Xie et al., ICML 2016; METHOD.md 2.1): learnable centroids
+    ``mu`` (K, d) and the Student-t kernel; logits are the log-kernel
+    (:func:`~dcl_cluster.losses.student_t_logits`). Initialise by k-means
+    (:meth:`init_centroids`) before use.
+
+    Args:
+        input_dim: Feature size ``d``.
+        num_clusters: ``K >= 2``.
+        alpha: Student-t degrees of freedom.
+
+    Examples:
+        >>> head = StudentTHead(input_dim=16, num_clusters=3)
+        >>> head.ready  # centroids wait for k-means
+        False
+        >>> head.init_centroids(torch.randn(3, 16))
+        >>> q = torch.softmax(head(torch.randn(5, 16)), dim=1)
+        >>> q.shape, torch.allclose(q.sum(dim=1), torch.ones(5))
+        (torch.Size([5, 3]), True)
+    """
+
+    kind = "student_t"
+
+    def __init__(self, input_dim: int, num_clusters: int, alpha: float = 1.0) -> None:
+        super().__init__(input_dim, num_clusters)
+        self.alpha = alpha
+
     def forward(self, h: Tensor) -> Tensor:
-        if self.kind == "student_t":
-            return student_t_assignment(h, self.centroids, self.alpha)
-        return torch.softmax(self.mlp(h).float(), dim=1)
+        return student_t_logits(h, self.centroids, self.alpha)
+
+
+class CosineHead(_KMeansInitialised):
+    """A cosine classifier: ``scale * cos(h_i, mu_k)`` with normalised features and
+    prototypes, as P²OT's head (Zhang et al., ICLR 2024; METHOD.md 2.5); prototypes start
+    at k-means centres of the (normalised) training features.
+
+    Args:
+        input_dim: Feature size ``d``.
+        num_clusters: ``K >= 2``.
+        scale: Logit scale (10 in P²OT).
+
+    Examples:
+        >>> head = CosineHead(input_dim=16, num_clusters=3)
+        >>> head.init_centroids(torch.randn(3, 16))
+        >>> bool(head(torch.randn(5, 16)).abs().max() <= 10.0 + 1e-5)
+        True
+    """
+
+    kind = "cosine"
+    #: k-means for the initial prototypes runs on L2-normalised features
+    normalize_features = True
+
+    def __init__(self, input_dim: int, num_clusters: int, scale: float = 10.0) -> None:
+        super().__init__(input_dim, num_clusters)
+        if not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a number > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = F.normalize(h.float(), dim=1)
+        return self.scale * h @ F.normalize(self.centroids.float(), dim=1).t()
+
+
+class SoftmaxHead(ProjectionHead):
+    """Contrastive Clustering's cluster projector (Li et al., AAAI 2021; METHOD.md 2.3): two
+    Linear layers with a ReLU between them, built from :class:`ProjectionHead` blocks;
+    logits out, ready from the start.
+
+    Args:
+        input_dim: Feature size ``d``.
+        num_clusters: ``K >= 2``.
+        hidden_dim: Hidden width.
+
+    Examples:
+        >>> head = SoftmaxHead(input_dim=16, num_clusters=3, hidden_dim=8)
+        >>> head(torch.randn(5, 16)).shape, head.ready
+        (torch.Size([5, 3]), True)
+    """
+
+    kind = "softmax"
+
+    def __init__(self, input_dim: int, num_clusters: int, hidden_dim: int = 512) -> None:
+        if num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {num_clusters}")
+        super().__init__([(input_dim, hidden_dim, None, nn.ReLU(inplace=True)), (hidden_dim, num_clusters, None, None)])
+        self.num_clusters = num_clusters
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.layers(h).float()
+
+
+HEAD_KINDS = {"student_t": StudentTHead, "softmax": SoftmaxHead, "cosine": CosineHead}
+
+
+def cluster_head(kind: str, input_dim: int, num_clusters: int, *, alpha: float = 1.0, hidden_dim: int = 512,
+                 scale: float = 10.0) -> nn.Module:
+    """The cluster head of ``kind`` (``"student_t"``, ``"softmax"`` or ``"cosine"``).
+
+    Examples:
+        >>> cluster_head("softmax", 16, 4, hidden_dim=8).kind
+        'softmax'
+    """
+    if kind == "student_t":
+        return StudentTHead(input_dim, num_clusters, alpha)
+    if kind == "softmax":
+        return SoftmaxHead(input_dim, num_clusters, hidden_dim)
+    if kind == "cosine":
+        return CosineHead(input_dim, num_clusters, scale)
+    raise ValueError(f"cluster head kind must be one of {sorted(HEAD_KINDS)}, got {kind!r}")
