@@ -13,6 +13,8 @@ from dcl_cluster.metrics import (
     cluster_accuracy,
     clustering_scores,
     head_medium_tail_groups,
+    macro_f1,
+    scores_from_table,
 )
 
 
@@ -56,7 +58,7 @@ def test_total_collapse_gives_nmi_and_ari_zero():
 def test_permuted_perfect_clustering_scores_one():
     y = np.arange(100) % 7
     s = clustering_scores(y, (y * 3 + 2) % 7)
-    assert all(s[k] == pytest.approx(1.0) for k in ("acc", "balanced_acc", "nmi", "ari", "ami"))
+    assert all(s[k] == pytest.approx(1.0) for k in ("acc", "balanced_acc", "macro_f1", "nmi", "ari", "ami"))
 
 
 def test_ari_exact_at_a_million_labels():
@@ -129,7 +131,7 @@ def test_metric_over_batches_equals_one_shot_scores():
     for s in range(0, 1000, 128):
         m.update(torch.as_tensor(p[s : s + 128]), torch.as_tensor(y[s : s + 128]))
     out = m.compute()
-    assert set(out) == {"acc", "balanced_acc", "nmi", "ari", "ami",
+    assert set(out) == {"acc", "balanced_acc", "macro_f1", "nmi", "ari", "ami",
                         "head_acc", "medium_acc", "tail_acc"}
     assert out == pytest.approx(clustering_scores(y, p, [6, 5, 4, 3, 2, 1], 6, 8))
     assert m.table.dtype == torch.float64 and m.table.sum() == 1000
@@ -148,3 +150,57 @@ def test_update_rejects_out_of_range_ids_naming_value_and_range():
 def test_compute_without_data_is_nan():
     out = clustering_scores(np.zeros(0, int), np.zeros(0, int), num_classes=2, num_clusters=2)
     assert all(np.isnan(v) for v in out.values())
+
+
+def _sklearn_matched_f1(y, p):
+    """scikit-learn's macro F1 of the Hungarian-mapped predictions; unmatched clusters map to -1."""
+    table = skm.cluster.contingency_matrix(p, y)  # (clusters, classes), ids in sorted order
+    rows, cols = linear_sum_assignment(-table)
+    classes, clusters = np.unique(y), np.unique(p)
+    mapped = np.full(len(clusters), -1)
+    mapped[rows] = classes[cols]
+    mapped_pred = mapped[np.searchsorted(clusters, p)]
+    return skm.f1_score(y, mapped_pred, labels=classes, average="macro", zero_division=0), mapped_pred
+
+
+@pytest.mark.parametrize("case", ["equal", "more_clusters", "fewer_clusters", "random", "tiny", "one_class"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_macro_f1_equals_scikit_learn_after_the_hungarian_map(case, seed):
+    y, p = _labels(*CASES[case], seed)
+    expected, mapped_pred = _sklearn_matched_f1(y, p)
+    assert macro_f1(y, p) == pytest.approx(expected, abs=1e-12)
+    assert clustering_scores(y, p)["macro_f1"] == pytest.approx(expected, abs=1e-12)
+    if CASES[case][2] <= CASES[case][1]:  # every cluster matched: the plain sklearn call agrees
+        assert (mapped_pred >= 0).all()
+        assert macro_f1(y, p) == pytest.approx(skm.f1_score(y, mapped_pred, average="macro"), abs=1e-12)
+
+
+def test_macro_f1_gives_zero_to_a_class_without_a_cluster_and_counts_unmatched_clusters_as_wrong():
+    # 3 classes, 2 clusters: class 2 gets no cluster; its F1 is 0 and the mean is over 3 classes
+    y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    p = np.array([0, 0, 1, 1, 1, 1, 1, 0])
+    f1_0 = 2 * 2 / (3 + 3)  # cluster 0 -> class 0: TP 2, predicted 3, support 3
+    f1_1 = 2 * 3 / (5 + 3)  # cluster 1 -> class 1: TP 3, predicted 5, support 3
+    assert macro_f1(y, p) == pytest.approx((f1_0 + f1_1 + 0.0) / 3)
+    assert macro_f1(y, p) == pytest.approx(_sklearn_matched_f1(y, p)[0])
+    # 2 classes, 3 clusters: the third cluster's points are errors of their class (recall only)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([5, 5, 5, 9, 7, 7, 7, 9])
+    f1 = 2 * 3 / (3 + 4)  # each class: TP 3, predicted 3, support 4
+    assert macro_f1(y, p) == pytest.approx(f1)
+    assert macro_f1(y, p) == pytest.approx(_sklearn_matched_f1(y, p)[0])
+
+
+def test_macro_f1_from_a_table_averages_only_the_classes_present():
+    y, p = _labels(600, 5, 6, 0.6, seed=5)
+    table = np.zeros((6, 7))  # classes 5 and 6 never occur
+    np.add.at(table, (p, y), 1)
+    expected, _ = _sklearn_matched_f1(y, p)
+    assert scores_from_table(table)["macro_f1"] == pytest.approx(expected, abs=1e-12)
+    assert clustering_scores(y, p, num_classes=7)["macro_f1"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_macro_f1_is_nan_without_points_and_checks_shapes():
+    assert np.isnan(macro_f1([], []))
+    with pytest.raises(ValueError, match="same shape"):
+        macro_f1([0, 1], [0])

@@ -10,6 +10,7 @@ from dcl_cluster.metrics.clustering import (
     clustering_scores,
     contingency_table,
     head_medium_tail_groups,
+    macro_f1,
     scores_from_table,
 )
 from dcl_cluster.metrics.representation import alignment, knn_predict, rankme, uniformity
@@ -24,5 +25,6 @@ __all__ = [
     "clustering_scores",
     "contingency_table",
     "head_medium_tail_groups",
+    "macro_f1",
     "scores_from_table",
 ]

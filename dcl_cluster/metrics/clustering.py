@@ -1,4 +1,4 @@
-"""Clustering scores (ACC, balanced/head/medium/tail ACC, NMI, ARI, AMI) from one table.
+"""Clustering scores (ACC, balanced/head/medium/tail ACC, macro F1, NMI, ARI, AMI) from one table.
 
 Every score is a function of the clusters x classes contingency table, so the online
 metric keeps only that table: exact at any N, and a DDP sync costs
@@ -109,7 +109,9 @@ def scores_from_table(
     unmatched clusters count as errors. ``balanced_acc``: mean per-class recall under
     the same map, over the classes present in the table; ``head_acc``/``medium_acc``/
     ``tail_acc``: the same mean within each group of :func:`head_medium_tail_groups`
-    (NaN for a group with no class present). ``nmi`` (arithmetic mean normalisation,
+    (NaN for a group with no class present). ``macro_f1``: per class present, the F1 of
+    "predicted as the cluster matched to it" under the same map (0 for a class left
+    without a cluster), averaged with equal weight (P²OT's protocol). ``nmi`` (arithmetic mean normalisation,
     Strehl & Ghosh 2002), ``ari`` (Hubert & Arabie 1985), ``ami`` (Vinh et al. 2010) as
     scikit-learn, including its special cases. An empty table gives NaN everywhere.
     """
@@ -117,7 +119,7 @@ def scores_from_table(
     if t.ndim != 2:
         raise ValueError(f"table must be 2-D (clusters, classes), got shape {t.shape}")
     n = t.sum()
-    keys = ["acc", "balanced_acc", "nmi", "ari", "ami"]
+    keys = ["acc", "balanced_acc", "macro_f1", "nmi", "ari", "ami"]
     if class_counts is not None:
         if len(class_counts) != t.shape[1]:
             raise ValueError(f"class_counts has {len(class_counts)} entries, the table "
@@ -133,6 +135,7 @@ def scores_from_table(
     out = {
         "acc": float(t[rows, cols].sum() / n),
         "balanced_acc": float(recall[present].mean()),
+        "macro_f1": _matched_macro_f1(t, rows, cols),
         **_information_scores(t),
     }
     if class_counts is not None:
@@ -142,6 +145,22 @@ def scores_from_table(
             group = [c for c in group if present[c]]
             out[name] = float(recall[group].mean()) if group else float("nan")
     return out
+
+
+def _matched_macro_f1(t: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+    """Unweighted mean F1 over the classes present, cluster ``rows[j]`` predicting class ``cols[j]``.
+
+    ``F1_c = 2 TP_c / (predicted_c + support_c)``: a class with no matched cluster has
+    ``TP = predicted = 0`` and so F1 0; points of unmatched clusters are predictions of
+    no class, which lowers only the recall of their true classes.
+    """
+    support = t.sum(0)  # (classes,)
+    true_pos, predicted = np.zeros(t.shape[1]), np.zeros(t.shape[1])
+    true_pos[cols] = t[rows, cols]
+    predicted[cols] = t[rows].sum(1)
+    present = support > 0
+    f1 = 2 * true_pos[present] / (predicted[present] + support[present])
+    return float(f1.mean())
 
 
 def _information_scores(t: np.ndarray) -> dict[str, float]:
@@ -254,6 +273,22 @@ def _ids_to_numpy(x, name: str) -> np.ndarray:
     return _as_ids(x, name).cpu().numpy()
 
 
+def _label_table(y_true, y_pred) -> np.ndarray | None:
+    """The (clusters, classes) count table of arbitrary integer labels; None when empty."""
+    y_true, y_pred = _ids_to_numpy(y_true, "y_true"), _ids_to_numpy(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred must have the same shape, got "
+                         f"{y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        return None
+    _, t = np.unique(y_true, return_inverse=True)
+    _, p = np.unique(y_pred, return_inverse=True)
+    t, p = t.ravel(), p.ravel()
+    table = np.zeros((p.max() + 1, t.max() + 1))
+    np.add.at(table, (p, t), 1)
+    return table
+
+
 def cluster_accuracy(y_true, y_pred) -> float:
     """Clustering accuracy under the best one-to-one map of clusters to classes.
 
@@ -273,18 +308,41 @@ def cluster_accuracy(y_true, y_pred) -> float:
         >>> cluster_accuracy([0, 0, 1, 1, 2], [1, 1, 0, 0, 0])
         0.8
     """
-    y_true, y_pred = _ids_to_numpy(y_true, "y_true"), _ids_to_numpy(y_pred, "y_pred")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true and y_pred must have the same shape, got "
-                         f"{y_true.shape} and {y_pred.shape}")
-    if y_true.size == 0:
+    table = _label_table(y_true, y_pred)
+    if table is None:
         return float("nan")
-    _, t = np.unique(y_true, return_inverse=True)
-    _, p = np.unique(y_pred, return_inverse=True)
-    table = np.zeros((p.max() + 1, t.max() + 1))
-    np.add.at(table, (p, t), 1)
     rows, cols = linear_sum_assignment(table, maximize=True)
-    return float(table[rows, cols].sum() / y_true.size)
+    return float(table[rows, cols].sum() / table.sum())
+
+
+def macro_f1(y_true, y_pred) -> float:
+    """Macro F1 of the clusters under the best one-to-one map of clusters to classes.
+
+    P²OT's protocol (METHOD.md 4): the Hungarian map of :func:`cluster_accuracy`, then
+    for each class the F1 of "predicted as the cluster matched to this class", averaged
+    over the classes with equal weight: scikit-learn's ``f1_score(y_true, mapped_pred,
+    labels=classes, average="macro")``. A class left without a cluster (more classes
+    than clusters) scores 0; points in unmatched clusters (more clusters than classes)
+    are wrong predictions. Labels may be any integers.
+
+    Args:
+        y_true: Class labels, shape ``(n,)`` (tensor, array or list).
+        y_pred: Cluster ids, shape ``(n,)``.
+
+    Returns:
+        The macro F1 in ``[0, 1]`` (NaN for no points).
+
+    Examples:
+        >>> macro_f1([0, 0, 1, 1], [1, 1, 0, 0])
+        1.0
+        >>> round(macro_f1([0, 0, 1, 1, 2], [1, 1, 0, 0, 0]), 4)  # class 2 gets no cluster
+        0.6
+    """
+    table = _label_table(y_true, y_pred)
+    if table is None:
+        return float("nan")
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return _matched_macro_f1(table, rows, cols)
 
 
 def clustering_scores(
@@ -307,13 +365,13 @@ def clustering_scores(
         shot_thresholds: Optional ``(many, few)`` groups instead of 30/40/30 %.
 
     Returns:
-        ``{"acc", "balanced_acc", "nmi", "ari", "ami"[, "head_acc", "medium_acc",
-        "tail_acc"]}`` as floats.
+        ``{"acc", "balanced_acc", "macro_f1", "nmi", "ari", "ami"[, "head_acc",
+        "medium_acc", "tail_acc"]}`` as floats.
 
     Examples:
         >>> s = clustering_scores([0, 0, 1, 1], [1, 1, 0, 0])
-        >>> s["acc"], s["nmi"], s["ari"]
-        (1.0, 1.0, 1.0)
+        >>> s["acc"], s["macro_f1"], s["nmi"], s["ari"]
+        (1.0, 1.0, 1.0, 1.0)
     """
     y_true, y_pred = _as_ids(y_true, "y_true"), _as_ids(y_pred, "y_pred")
     if num_classes is None:
@@ -326,7 +384,7 @@ def clustering_scores(
 
 
 class ClusteringMetrics(Metric):
-    """ACC, balanced ACC, NMI, ARI, AMI (and head/medium/tail ACC) as one torchmetrics Metric.
+    """ACC, balanced ACC, macro F1, NMI, ARI, AMI (and head/medium/tail ACC) as one torchmetrics Metric.
 
     The only state is the ``(num_clusters, num_classes)`` float64 contingency table,
     sum-reduced across processes, so the DDP sync is O(clusters x classes) and the
