@@ -28,7 +28,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from dcl_cluster.callbacks import ClusteringEvaluator
-from dcl_cluster.data import LongTailDataModule
+from dcl_cluster.data import DownloadError, LongTailDataModule
+from dcl_cluster.data.folders import UnreadableImageError
 from dcl_cluster.module import DebiasedClusterModule
 from dcl_cluster.report import final_report
 
@@ -264,7 +265,7 @@ def main(args: list[str] | None = None) -> None:
         )
     except SIGTERMException:
         sys.exit(EXIT_SIGTERM)  # Lightning's SIGTERMException is a SystemExit with code 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, DownloadError, UnreadableImageError) as err:
         if debug or not _raised_by_us(err):
             raise
         sys.stderr.write(f"error: {err}\n({DEBUG_ENV}=1 shows the traceback)\n")

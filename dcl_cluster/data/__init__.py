@@ -18,7 +18,7 @@ from dcl_cluster.data.long_tail import (
     stratified_split,
     subset_hash,
 )
-from dcl_cluster.data.sources import DATASETS, LAYOUTS, SourceData, load_source
+from dcl_cluster.data.sources import DATASETS, LAYOUTS, DownloadError, SourceData, load_source
 from dcl_cluster.data.transforms import NORMALIZATION, PRESETS, ViewPreset, resolve_preset
 
 _LAZY = {
@@ -29,6 +29,7 @@ _LAZY = {
 __all__ = [
     "DATASETS",
     "LAYOUTS",
+    "DownloadError",
     "NORMALIZATION",
     "PRESETS",
     "LongTailDataModule",

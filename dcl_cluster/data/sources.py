@@ -11,6 +11,9 @@ Nothing is downloaded unless ``download=True``; a missing layout raises one
 from __future__ import annotations
 
 import pickle
+import socket
+import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +70,40 @@ LAYOUTS: dict[str, str] = {
 
 DATASETS = tuple(LAYOUTS)
 DOWNLOADABLE = ("cifar10", "cifar100", "stl10")
+DOWNLOAD_TIMEOUT_S = 60.0
+"""Seconds a download may wait for the server's next bytes before it fails."""
+
+
+class DownloadError(OSError):
+    """A download that failed or stalled; the message names the URL, the folder and how to
+    place the files by hand."""
+
+
+def _torchvision_dataset(name: str):
+    from torchvision import datasets
+
+    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "stl10": datasets.STL10}[name]
+
+
+def download_with_torchvision(name: str, data_dir: Path, **kwargs) -> None:
+    """Let torchvision download and unpack ``name`` into ``data_dir``, saying so first, with
+    :data:`DOWNLOAD_TIMEOUT_S` of silence allowed; any failure is one :class:`DownloadError`."""
+    dataset = _torchvision_dataset(name)
+    print(f"downloading {name} from {dataset.url} into {data_dir} ...", file=sys.stderr, flush=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen calls take no timeout
+    try:
+        dataset(str(data_dir), download=True, **kwargs)
+    except (OSError, RuntimeError, EOFError, tarfile.TarError) as err:  # URLError, timeouts, bad md5
+        reason = (f"no answer for {DOWNLOAD_TIMEOUT_S:g} s" if isinstance(err, TimeoutError)
+                  or "timed out" in str(err) else f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+        raise DownloadError(
+            f"could not download {name} from {dataset.url} into {str(data_dir)!r} ({reason}). To place "
+            f"the files by hand: fetch {dataset.url} (on any machine with network), unpack it into "
+            f"{str(data_dir)!r} so that it holds {LAYOUTS[name]}, and run again without "
+            f"download=True") from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def missing_layout(name: str, data_dir, detail: str = "") -> FileNotFoundError:
@@ -199,10 +236,7 @@ def _cifar_dir(name: str, data_dir: Path, download: bool) -> Path:
         if all((root / f).is_file() for f in files):
             return root
     if download:
-        from torchvision import datasets
-
-        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        cls(str(data_dir), train=True, download=True)
+        download_with_torchvision(name, data_dir, train=True)
         return data_dir / folder
     missing = [f for f in files if not (data_dir / folder / f).is_file()]
     raise missing_layout(name, data_dir, f"missing {folder}/{missing[0]}")
@@ -265,10 +299,8 @@ def load_stl10_source(data_dir: Path, download: bool = False,
     root = next((r for r in (data_dir / "stl10_binary", data_dir)
                  if all((r / f).is_file() for f in needed)), None)
     if root is None and download:
-        from torchvision import datasets
-
-        datasets.STL10(str(data_dir), split="train+unlabeled" if include_unlabeled else "train",
-                       download=True)
+        download_with_torchvision("stl10", data_dir,
+                                  split="train+unlabeled" if include_unlabeled else "train")
         root = data_dir / "stl10_binary"
     if root is None:
         missing = next(f for f in needed if not (data_dir / "stl10_binary" / f).is_file())
@@ -311,9 +343,7 @@ def download_source(name: str, data_dir: str | Path | None,
         needed = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
         needed += ["unlabeled_X.bin"] if include_unlabeled else []
         if not all((data_dir / "stl10_binary" / f).is_file() for f in needed):
-            from torchvision import datasets
-
-            datasets.STL10(str(data_dir), split="train", download=True)
+            download_with_torchvision("stl10", data_dir, split="train")
     else:
         _cifar_dir(name, data_dir, download=True)
 
