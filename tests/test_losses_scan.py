@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcl_cluster.losses import confident_self_label_loss, scan_loss
+from dcl_cluster.losses import confident_self_label_loss, scan_loss, tensor_value_checks
 
 
 def logits_of(b, k, seed, scale=2.0, dtype=torch.float64):
@@ -120,6 +120,15 @@ class TestScanLoss:
         for bad in (torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.4, 0.3]), torch.tensor([1.0, 0.5, -0.5])):
             with pytest.raises(ValueError, match="prior must be a probability vector of 3 positive numbers"):
                 scan_loss(a, a, prior=bad)
+
+    def test_prior_values_are_not_read_when_value_checks_are_off(self):
+        a = logits_of(4, 3, seed=0)
+        unnormalised = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)
+        with tensor_value_checks(False):
+            got = scan_loss(a, a, 1.0, prior=unnormalised)  # no host sync: the prior is normalised, not checked
+            with pytest.raises(ValueError, match="prior must be a probability vector of 3"):
+                scan_loss(a, a, prior=torch.ones(2))  # shapes are always checked
+        assert got.item() == pytest.approx(scan_loss(a, a, 1.0, prior=unnormalised / 4).item(), rel=1e-12)
 
 
 class TestConfidentSelfLabel:

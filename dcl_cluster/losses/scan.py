@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcl_cluster.losses.checks import tensor_value_checks_enabled
+
 __all__ = ["scan_loss", "confident_self_label_loss"]
 
 
@@ -30,9 +32,10 @@ def _check_logit_pair(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 
 
 def _check_prior(prior: Tensor, num_clusters: int) -> Tensor:
-    ok = prior.shape == (num_clusters,) and bool(
+    # the value check reads the tensor (a host sync): skipped under tensor_value_checks(False)
+    ok = prior.shape == (num_clusters,) and (not tensor_value_checks_enabled() or bool(
         torch.isfinite(prior).all() & (prior > 0).all() & ((prior.sum() - 1).abs() <= 1e-3)
-    )
+    ))
     if not ok:
         raise ValueError(
             f"prior must be a probability vector of {num_clusters} positive numbers summing to 1, "
@@ -61,7 +64,8 @@ def scan_loss(
         anchor_logits: Logits of the (augmented) images, shape ``(B, K)``.
         neighbor_logits: Logits of one mined neighbour of each, shape ``(B, K)``.
         entropy_weight: ``w >= 0`` (5 in SCAN's CIFAR configs).
-        prior: Optional cluster prior, shape ``(K,)``, positive, summing to 1.
+        prior: Optional cluster prior, shape ``(K,)``, positive, summing to 1 (values
+            checked unless :func:`~dcl_cluster.losses.checks.tensor_value_checks` is off).
 
     Returns:
         The scalar loss (computed in float32 for half-precision inputs).
