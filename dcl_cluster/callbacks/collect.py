@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
+from dcl_cluster import distributed
+
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` of a ``(x, y, ...)`` batch (a dict with ``"x"``/``"y"`` also works)."""
@@ -64,18 +66,14 @@ def evaluation_due(trainer: Trainer, every_n_epochs: int) -> bool:
 
 
 def gather_rows(trainer: Trainer, t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (rows may differ in number) from all ranks, in rank order."""
+    """Concatenate ``t`` (rows may differ in number) from all ranks, in rank order.
+
+    :func:`dcl_cluster.distributed.gather_rows` over the Trainer's strategy, so it works
+    with whatever process group the strategy uses.
+    """
     if trainer.world_size <= 1:
         return t
-    header = torch.tensor([t.shape[0], *t.shape[1:]], device=t.device, dtype=torch.long)
-    headers = trainer.strategy.all_gather(header).reshape(trainer.world_size, -1)
-    rows = headers[:, 0].tolist()
-    shape = tuple(int(s) for s in headers[:, 1:].max(0).values)
-    padded = t.new_zeros((max(rows),) + shape)
-    if t.numel():
-        padded[: t.shape[0]] = t
-    out = trainer.strategy.all_gather(padded)  # (world, max_rows, ...)
-    return torch.cat([out[r, :n] for r, n in enumerate(rows)])
+    return distributed.gather_rows(t, all_gather=trainer.strategy.all_gather)
 
 
 class EmbeddingBuffer:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dcl_cluster.cluster.collectives import all_reduce_sum, gather_rows
+from dcl_cluster.distributed import all_reduce_sum, gather_rows
 from dcl_cluster.cluster.seeding import greedy_kmeans_plusplus
 
 _METRICS = ("euclidean", "cosine")
