@@ -53,17 +53,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 class RunCheckpoint(ModelCheckpoint):
     """``checkpoints/last.ckpt`` at the end of every training epoch, whatever the validation
-    frequency, and on SIGTERM / Ctrl-C (saying where). Added to ``fit`` when the configuration
-    has no ModelCheckpoint of its own; Lightning's SLURM requeue (SIGUSR1, an hpc checkpoint)
+    frequency, and on SIGTERM / Ctrl-C (saying where). Added when the configuration has no
+    ModelCheckpoint of its own (also to ``test`` / ``predict``, where it saves nothing, so that
+    a checkpoint's callback state finds its callback); Lightning's SLURM requeue (SIGUSR1, an hpc checkpoint)
     is left as it is."""
 
     def __init__(self, dirpath: str | None = None):
         super().__init__(dirpath=dirpath, filename="last", save_top_k=1, save_on_train_epoch_end=True,
                          save_on_exception=True, enable_version_counter=False)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: no monitored score, and a resumed run keeps its own last.ckpt
+        (restoring would only warn that the folder changed)."""
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """Save only when interrupted (not on errors, whose state may be broken) and say where."""
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit":
             return
         super().on_exception(trainer, pl_module, exception)
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
@@ -101,6 +106,38 @@ def runs_root(trainer_config) -> Path:
     save_dir = Path(init_args.get("save_dir") or init_args.get("root_dir") or default_root)
     name = init_args.get("name", "lightning_logs")
     return save_dir / name if name else save_dir
+
+
+_EMPTY_RUN_FILES = {"config.yaml", "hparams.yaml"}
+
+
+def _holds_nothing(folder: Path) -> bool:
+    """Only the configuration, hyperparameters, an event file without events (88 bytes) or a
+    metrics file without rows: what a run that trained, tested and predicted nothing leaves."""
+    for path in folder.rglob("*"):
+        if path.is_dir():
+            continue
+        name, size = path.name, path.stat().st_size
+        if name in _EMPTY_RUN_FILES or (name.startswith("events.out.tfevents") and size <= 100):
+            continue
+        if name == "metrics.csv" and len(path.read_text().splitlines()) <= 1:
+            continue
+        return False
+    return True
+
+
+def remove_empty_run_folder(trainer) -> None:
+    """Remove the logger's ``version_N`` folder of this run when it holds nothing (see
+    :func:`_holds_nothing`); global rank zero only, no collective call."""
+    logger = getattr(trainer, "logger", None)
+    if logger is None or not trainer.is_global_zero:
+        return
+    folder = getattr(logger, "log_dir", None)
+    if folder and Path(folder).is_dir() and re.fullmatch(r"version_\d+", Path(folder).name) \
+            and _holds_nothing(Path(folder)):
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _version_number(path: Path) -> int:
@@ -180,6 +217,12 @@ class DCLClusterCLI(LightningCLI):
     ``last.ckpt`` every epoch, ``--ckpt_path last`` over runs, and checkpoints checked
     before they are loaded."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        finally:  # also after an error: a failed, test or predict run leaves no empty version_N
+            remove_empty_run_folder(getattr(self, "trainer", None))
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ClusteringEvaluator, "evaluator")
         parser.add_argument(
@@ -197,9 +240,12 @@ class DCLClusterCLI(LightningCLI):
         configured = trainer_config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         wants_checkpoints = trainer_config.get("enable_checkpointing", True) is not False
-        if (self.subcommand == "fit" and wants_checkpoints and "callbacks" not in kwargs
+        if (wants_checkpoints and "callbacks" not in kwargs
                 and not any(isinstance(c, ModelCheckpoint) for c in configured)):
             kwargs["callbacks"] = [*configured, RunCheckpoint()]
+        if self.subcommand == "predict":  # predictions are returned, nothing is logged: no run folder
+            kwargs["logger"] = False
+            self.save_config_callback = None
         return super().instantiate_trainer(**kwargs)
 
     # ------------------------------------------------------------ checkpoints to load

@@ -62,6 +62,26 @@ def evaluate_clustering(
     }
 
 
+def held_out_caption(counts: list[int] | None, class_names: list[str]) -> str:
+    """What the held-out split is: balanced, or its class counts and the classes it lacks."""
+    if not counts:
+        return ""
+    if min(counts) == max(counts):
+        return f"held-out is balanced ({counts[0]} images per class)."
+    missing = [name for name, n in zip(class_names, counts, strict=False) if n == 0]
+    present = [n for n in counts if n > 0]
+    text = f"held-out class counts {max(present)}..{min(present)}"
+    if missing:
+        text += f"; no held-out image of {missing}: n/a where a score needs them"
+    return text + "."
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "n/a" if value != value else f"{value:.3f}"  # NaN: a class without images
+
+
 def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[str, Any] | None:
     """Evaluate the final model, print the table and write ``final_metrics.json`` in the
     log directory. Runs on the global-zero process only."""
@@ -78,7 +98,7 @@ def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[
         f"{max(counts)}..{min(counts)}",
         caption="ACC: Hungarian-matched accuracy; bACC: its per-class mean; head / medium / tail: "
         "per-class ACC of the 30% / 40% / 30% most / middle / least frequent training classes. "
-        "held-out is balanced.",
+        + held_out_caption(getattr(datamodule, "val_class_counts", None), datamodule.class_names),
     )
     table.add_column("set")
     table.add_column("clusters")
@@ -86,7 +106,7 @@ def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[
         table.add_column(header, justify="right")
     for split, by_source in report.items():
         for source, scores in by_source.items():
-            table.add_row(split, source, *(f"{scores[c]:.3f}" if c in scores else "-" for c in _COLUMNS))
+            table.add_row(split, source, *(_cell(scores.get(c)) for c in _COLUMNS))
     Console().print(table)
     if log_dir is not None:
         path = Path(log_dir) / "final_metrics.json"

@@ -49,6 +49,14 @@ from dcl_cluster.data.transforms import (
 VAL_SPLITS = ("auto", "val", "test")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -79,7 +87,7 @@ class LongTailDataModule(LightningDataModule):
         profile: ``"exp"`` (LDAM), ``"step"`` (half the classes at ``n_max / IF``) or
             ``"none"`` (keep the train split as it is, whatever ``imbalance_factor``).
         batch_size: training batch size (also the evaluation batch size by default).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes, at most the CPU cores available.
         seed: seed of the subset selection and of the training order.
         clean_view: append the un-augmented (validation-transform) image to the views.
         image_size: side of every view in pixels; default the source's native size (224 at
@@ -103,6 +111,7 @@ class LongTailDataModule(LightningDataModule):
 
     Attributes:
         train_class_counts: images per class in the long-tailed train set (class order).
+        val_class_counts: images per class of the split ``val_dataloader()`` serves.
         class_names, num_classes, num_channels: as read from the source.
         image_size: side of the views in pixels (resolved from ``image_size`` or the source).
         train_indices: kept positions in the source's full train split (int64, sorted);
@@ -176,6 +185,7 @@ class LongTailDataModule(LightningDataModule):
             self.hparams.data_dir = os.fspath(data_dir)
         self.batch_size = batch_size  # an attribute, so Lightning's batch-size tuner can set it
         self.train_class_counts: list[int] = []
+        self.val_class_counts: list[int] = []
         self.class_names: list[str] = []
         self.num_classes = 0
         self.num_channels = 0
@@ -279,9 +289,30 @@ class LongTailDataModule(LightningDataModule):
         use_val = data.val_labels is not None and hp.val_split != "test"
         self.val_dataset = (EvalDataset(image_store(data.val_images), data.val_labels, clean)
                             if use_val else self.test_dataset)
+        val_labels = data.val_labels if use_val else data.test_labels
+        self.val_class_counts = np.bincount(val_labels, minlength=self.num_classes).tolist()
         self.num_train_samples = len(self.train_dataset)
+        self._warn_thin_classes(data)
         if self.batch_size > self.num_train_samples:
             raise ValueError(self._too_few_images_message(len(labels)))
+
+    def _warn_thin_classes(self, data: SourceData) -> None:
+        """Warn, naming them, about classes with a single training image and classes with no
+        image in the evaluation split (their per-class scores are undefined)."""
+        hp, names = self.hparams, self.class_names
+        where = f"{hp.dataset!r}" + (f" in {hp.data_dir}" if hp.data_dir else "")
+        single = [names[c] for c, n in enumerate(self.train_class_counts) if n == 1]
+        if single:
+            warnings.warn(f"{where}: class(es) {single} have a single training image; a cluster of "
+                          f"one image is hardly learnable and its scores rest on one image",
+                          UserWarning, stacklevel=3)
+        for split, labels in (("val", data.val_labels), ("test", data.test_labels)):
+            if labels is None:
+                continue
+            missing = [names[c] for c in np.flatnonzero(np.bincount(labels, minlength=len(names)) == 0)]
+            if missing:
+                warnings.warn(f"{where}: the {split} split has no image of class(es) {missing}; their "
+                              f"held-out per-class scores are left out", UserWarning, stacklevel=3)
 
     def _too_few_images_message(self, full_size: int) -> str:
         """What to change when the train set is smaller than one batch: only advice that can
@@ -303,10 +334,17 @@ class LongTailDataModule(LightningDataModule):
                 drop_last=False) -> DataLoader:
         hp = self.hparams
         generator = torch.Generator().manual_seed(hp.seed)
+        workers = self.num_workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
-                          drop_last=drop_last, num_workers=hp.num_workers, collate_fn=collate,
+                          drop_last=drop_last, num_workers=workers, collate_fn=collate,
                           pin_memory=hp.pin_memory, generator=generator,
-                          persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+                          persistent_workers=hp.persistent_workers and workers > 0)
+
+    @property
+    def num_workers(self) -> int:
+        """``num_workers``, at most the CPU cores this process may use (a config written for a
+        large machine runs quietly on a small one)."""
+        return min(self.hparams.num_workers, available_cores())
 
     def _require_setup(self) -> int:
         """The evaluation batch size; raises when setup() has not run yet."""

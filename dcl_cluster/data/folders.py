@@ -108,6 +108,9 @@ def load_image_folder(data_dir: Path, skip_corrupt: bool = False,
     if not train_dir.is_dir() or not any(d.is_dir() for d in train_dir.iterdir()):
         raise missing_layout("image_folder", data_dir, "no class folders in train/")
     train_paths, train_labels, class_index = _read_class_split(train_dir, None)
+    if len(class_index) < 2:
+        raise ValueError(f"{train_dir} has one class folder ({next(iter(class_index))!r}); clustering "
+                         f"needs at least two: one sub-folder of train/ per class")
     held = {}
     for split in ("val", "test"):
         if (data_dir / split).is_dir():
