@@ -1,6 +1,8 @@
 """Clustering scores against scikit-learn and brute force (METHOD.md 4)."""
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from dcl_cluster.metrics import (
     clustering_scores,
     head_medium_tail_groups,
     macro_f1,
+    match_clusters_to_classes,
     scores_from_table,
 )
 
@@ -204,3 +207,57 @@ def test_macro_f1_is_nan_without_points_and_checks_shapes():
     assert np.isnan(macro_f1([], []))
     with pytest.raises(ValueError, match="same shape"):
         macro_f1([0, 1], [0])
+
+
+def _brute_force_matching(table):
+    """The largest matched count over every one-to-one map, by enumeration."""
+    k, c = table.shape
+    if k >= c:
+        return max(sum(table[r, j] for j, r in enumerate(rows))
+                   for rows in itertools.permutations(range(k), c))
+    return max(sum(table[i, col] for i, col in enumerate(cols))
+               for cols in itertools.permutations(range(c), k))
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (5, 3), (3, 5), (1, 4), (6, 1)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matching_is_one_to_one_and_as_good_as_brute_force(shape, seed):
+    table = np.random.default_rng(seed).integers(0, 20, shape)
+    rows, cols = match_clusters_to_classes(torch.as_tensor(table))
+    assert len(rows) == len(cols) == min(shape)
+    assert len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
+    assert rows.tolist() == sorted(rows.tolist()) and rows.dtype == cols.dtype == np.int64
+    assert table[rows, cols].sum() == _brute_force_matching(table)
+
+
+def test_matching_rejects_a_table_that_is_not_two_dimensional():
+    with pytest.raises(ValueError, match="table must be 2-D"):
+        match_clusters_to_classes(np.zeros(3))
+
+
+def _quality_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("_quality_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["equal", "more_clusters", "fewer_clusters"])
+def test_plots_and_benchmark_use_the_same_matching_as_the_scores(case):
+    from dcl_cluster.callbacks import match_clusters
+
+    y, p = _labels(*CASES[case], 3)
+    num_classes = CASES[case][1]
+    # per-class recall of the quality benchmark, against recall under scipy's map here
+    table = skm.cluster.contingency_matrix(p, y)  # (clusters, classes); every id occurs
+    rows, cols = linear_sum_assignment(-table)
+    mapped = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    recall = [np.mean([mapped.get(k, -1) == c for k in p[y == c]]) for c in range(num_classes)]
+    got = _quality_benchmark().per_class_recall(y, p, num_classes)
+    assert got == pytest.approx(recall, abs=1e-12)
+    assert np.mean(got) == pytest.approx(clustering_scores(y, p)["balanced_acc"], abs=1e-12)
+    # the plots' cluster -> class map scores the accuracy cluster_accuracy reports
+    plot_map = match_clusters(y, p)
+    assert np.mean([plot_map.get(k, -1) == c for k, c in zip(p, y, strict=True)]) == \
+        pytest.approx(cluster_accuracy(y, p), abs=1e-12)

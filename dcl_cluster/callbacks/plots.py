@@ -18,11 +18,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy.optimize import linear_sum_assignment
 
 from dcl_cluster.callbacks.collect import EmbeddingBuffer, batch_embeddings, evaluation_due
 from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
 from dcl_cluster.cluster import KMeans
+from dcl_cluster.metrics import contingency_table, match_clusters_to_classes
 
 # Figures are built with the object API (no pyplot): headless on servers and CI, no
 # global backend switch in a user's notebook, nothing to close.
@@ -42,12 +42,21 @@ def _class_colours(n: int) -> np.ndarray:
     return matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n))
 
 
-def match_clusters(y_true, y_pred) -> dict[int, int]:
-    """Hungarian map ``{cluster id: class id}`` maximising agreement (Kuhn 1955)."""
+def _table(y_true, y_pred) -> np.ndarray:
+    """``(clusters, classes)`` counts of non-negative integer ids."""
     y_true, y_pred = _np(y_true).astype(np.int64), _np(y_pred).astype(np.int64)
-    table = np.zeros((y_pred.max() + 1, y_true.max() + 1))
-    np.add.at(table, (y_pred, y_true), 1)
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    return contingency_table(y_pred, y_true, int(y_pred.max()) + 1,
+                             int(y_true.max()) + 1).numpy()
+
+
+def match_clusters(y_true, y_pred) -> dict[int, int]:
+    """Hungarian map ``{cluster id: class id}`` maximising agreement (Kuhn 1955).
+
+    :func:`~dcl_cluster.metrics.match_clusters_to_classes` on the labels' table; empty
+    clusters are left out.
+    """
+    table = _table(y_true, y_pred)
+    rows, cols = match_clusters_to_classes(table)
     return {int(r): int(c) for r, c in zip(rows, cols, strict=True) if table[r].sum() > 0}
 
 
@@ -179,8 +188,7 @@ def plot_confusion_matrix(y_true, y_pred, title: str | None = None,
     """
     y_true, y_pred = _np(y_true).astype(int), _np(y_pred).astype(int)
     n_classes, n_clusters = int(y_true.max()) + 1, int(y_pred.max()) + 1
-    table = np.zeros((n_classes, n_clusters))
-    np.add.at(table, (y_true, y_pred), 1)
+    table = _table(y_true, y_pred).T  # (classes, clusters)
     by_size = np.argsort(-table.sum(1), kind="stable")
     mapping = {c: k for k, c in match_clusters(y_true, y_pred).items()}  # class -> cluster
     rows = [c for c in by_size if c in mapping] + [c for c in by_size if c not in mapping]

@@ -11,6 +11,7 @@ from dcl_cluster.metrics.clustering import (
     contingency_table,
     head_medium_tail_groups,
     macro_f1,
+    match_clusters_to_classes,
     scores_from_table,
 )
 from dcl_cluster.metrics.representation import alignment, knn_predict, rankme, uniformity
@@ -26,5 +27,6 @@ __all__ = [
     "contingency_table",
     "head_medium_tail_groups",
     "macro_f1",
+    "match_clusters_to_classes",
     "scores_from_table",
 ]

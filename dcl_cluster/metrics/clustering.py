@@ -78,6 +78,37 @@ def contingency_table(y_pred, y_true, num_clusters: int, num_classes: int) -> to
     return table.to(torch.float64).view(num_clusters, num_classes)
 
 
+def match_clusters_to_classes(table) -> tuple[np.ndarray, np.ndarray]:
+    """The best one-to-one map of clusters to classes: the Hungarian matching of a table.
+
+    Kuhn's Hungarian method (1955; ``scipy.optimize.linear_sum_assignment``) on the
+    possibly rectangular ``(clusters, classes)`` count table, maximising the number of
+    points whose cluster maps to their class, as in DEC (Xie et al. 2016). Every score
+    and plot of the package that matches clusters to classes calls this one function.
+
+    Args:
+        table: ``(clusters, classes)`` counts (tensor, array or nested lists), e.g. from
+            :func:`contingency_table`.
+
+    Returns:
+        ``(rows, cols)``: int64 arrays of ``min(clusters, classes)`` matched pairs,
+        cluster ``rows[j]`` to class ``cols[j]``, sorted by cluster id. Clusters not in
+        ``rows`` are unmatched (their points count as errors).
+
+    Examples:
+        >>> rows, cols = match_clusters_to_classes([[0, 5], [4, 1], [1, 0]])
+        >>> rows.tolist(), cols.tolist()  # cluster 0 -> class 1, cluster 1 -> class 0
+        ([0, 1], [1, 0])
+    """
+    if isinstance(table, torch.Tensor):
+        table = table.detach().to("cpu", torch.float64).numpy()
+    t = np.asarray(table, dtype=np.float64)
+    if t.ndim != 2:
+        raise ValueError(f"table must be 2-D (clusters, classes), got shape {t.shape}")
+    rows, cols = linear_sum_assignment(t, maximize=True)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
 def _as_ids(x, name: str) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x) if isinstance(x, (list, tuple)) else x)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
@@ -104,8 +135,8 @@ def scores_from_table(
 ) -> dict[str, float]:
     """All scores from a ``(clusters, classes)`` contingency table.
 
-    ``acc``: Hungarian one-to-one map of clusters to classes (Kuhn 1955, via
-    ``scipy.optimize.linear_sum_assignment`` on the possibly rectangular table);
+    ``acc``: Hungarian one-to-one map of clusters to classes
+    (:func:`match_clusters_to_classes`, on the possibly rectangular table);
     unmatched clusters count as errors. ``balanced_acc``: mean per-class recall under
     the same map, over the classes present in the table; ``head_acc``/``medium_acc``/
     ``tail_acc``: the same mean within each group of :func:`head_medium_tail_groups`
@@ -127,7 +158,7 @@ def scores_from_table(
         keys += ["head_acc", "medium_acc", "tail_acc"]
     if n == 0:
         return {k: float("nan") for k in keys}
-    rows, cols = linear_sum_assignment(t, maximize=True)
+    rows, cols = match_clusters_to_classes(t)
     support = t.sum(0)  # (classes,)
     recall = np.zeros(t.shape[1])
     recall[cols] = t[rows, cols] / np.maximum(support[cols], 1)
@@ -292,7 +323,7 @@ def _label_table(y_true, y_pred) -> np.ndarray | None:
 def cluster_accuracy(y_true, y_pred) -> float:
     """Clustering accuracy under the best one-to-one map of clusters to classes.
 
-    The Hungarian algorithm (Kuhn 1955; ``scipy.optimize.linear_sum_assignment``) on
+    The Hungarian algorithm (Kuhn 1955; :func:`match_clusters_to_classes`) on
     the contingency table, as in DEC (Xie et al. 2016). Labels may be any integers;
     the number of clusters may differ from the number of classes, and points in
     clusters left unmatched count as errors.
@@ -311,7 +342,7 @@ def cluster_accuracy(y_true, y_pred) -> float:
     table = _label_table(y_true, y_pred)
     if table is None:
         return float("nan")
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    rows, cols = match_clusters_to_classes(table)
     return float(table[rows, cols].sum() / table.sum())
 
 
@@ -341,7 +372,7 @@ def macro_f1(y_true, y_pred) -> float:
     table = _label_table(y_true, y_pred)
     if table is None:
         return float("nan")
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    rows, cols = match_clusters_to_classes(table)
     return _matched_macro_f1(table, rows, cols)
 
 
