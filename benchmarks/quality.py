@@ -49,12 +49,11 @@ def warmup_epochs(epochs: int, fraction: float) -> int:
 
 def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[float]:
     """Recall of each class under the Hungarian one-to-one map of clusters to classes."""
-    from scipy.optimize import linear_sum_assignment
+    from dcl_cluster.metrics import contingency_table, match_clusters_to_classes
 
     k = max(int(y_pred.max()) + 1, num_classes)
-    table = np.zeros((k, num_classes))
-    np.add.at(table, (y_pred, y_true), 1)
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    table = contingency_table(y_pred, y_true, k, num_classes).numpy()  # (clusters, classes)
+    rows, cols = match_clusters_to_classes(table)
     recall = np.zeros(num_classes)
     recall[cols] = table[rows, cols] / np.maximum(table.sum(0)[cols], 1)
     return recall.tolist()
