@@ -90,18 +90,19 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
 
     clustering = preset not in GROUP_BASE.values()
-    clean = CLEAN_VIEW.get(preset, False)
+    kwargs = dict(recipe["module"])
+    if clustering:
+        kwargs["warmup_epochs"] = args.warmup_epochs
+    views = getattr(DebiasedClusterModule.from_preset(preset, **kwargs), "extra_views", None)  # not built yet
+    clean = "clean" in views if views is not None else CLEAN_VIEW.get(preset, False)
     pl.seed_everything(args.seed, verbose=False)
     dm = LongTailDataModule(data["dataset"], data.get("data_dir"), imbalance_factor=args.imbalance_factor,
                             batch_size=recipe["batch_size"], num_workers=workers, seed=args.seed, clean_view=clean,
                             pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-    kwargs = dict(recipe["module"])
     if not args.smoke:
         from dcl_cluster.nn import ResNet
 
         kwargs["backbone"] = ResNet("resnet18", cifar_stem=True)
-    if clustering:
-        kwargs["warmup_epochs"] = args.warmup_epochs
     module = DebiasedClusterModule.from_preset(preset, **kwargs)
 
     class Budget(pl.Callback):

@@ -80,20 +80,21 @@ RESULTS = HERE / "results"
 #: Edit here; a preset not listed runs from scratch.
 WARMUP_GROUP: dict[str, str] = {
     "simclr": "info_nce", "cc": "info_nce", "sic": "info_nce", "scan": "info_nce",
-    "dcl": "debiased", "dcl_cluster": "debiased", "p2ot": "debiased",
+    "dcl": "debiased", "dcl_cluster": "debiased", "p2ot": "debiased", "p2ot_alone": "debiased",
 }
 #: group -> the contrastive-only preset that trains the group's warm-up (debiased: tau+ 0.1)
 GROUP_BASE: dict[str, str] = {"info_nce": "simclr", "debiased": "dcl"}
-#: preset -> whether its data module yields the un-augmented (clean) third view; a preset not
-#: listed asks the module (``extra_views``), else two views.
+#: preset -> whether it trains on the un-augmented (clean) third view. Used for the time
+#: estimates of ``status`` and where the module does not say: a module with ``extra_views``
+#: (dcl_cluster 0.2) decides for itself when the job runs.
 CLEAN_VIEW: dict[str, bool] = {
-    "simclr": False, "dcl": False, "cc": False, "sic": True, "dcl_cluster": True, "p2ot": True, "scan": False,
+    "simclr": False, "dcl": False, "cc": False, "sic": True, "dcl_cluster": True, "p2ot": False, "scan": False,
 }
 #: seconds an epoch when neither a measurement nor the plan gives one (a stated guess)
 FALLBACK_EPOCH_S = 30.0
 FALLBACK_SCORE_S = 60.0
 EPOCH_LOG_KEY = "EpochLog"  # where a checkpoint keeps the per-epoch times and losses
-KILL_ENV = "DCL_QUEUE_KILL_AT"  # "<job id>:<epoch>:<batch>": SIGKILL there (tests)
+KILL_ENV = "DCL_QUEUE_KILL_AT"  # "<job id>:<epoch>:<batch>" or "<job id>:score": SIGKILL there (tests)
 _TIMING_KEYS = ("wall_s", "train_s", "score_s", "epoch_times_s", "peak_rss_mib", "peak_gpu_mib", "resumes",
                 "finished")
 
@@ -358,10 +359,12 @@ def build_module(plan: dict, preset: str, warmup: int | None, **facts: Any):
     return DebiasedClusterModule.from_preset(preset, **kwargs, **facts)
 
 
-def clean_view_for(job: Job, module) -> bool:
-    if job.clean_view is not None:
-        return job.clean_view
-    return "clean" in (getattr(module, "extra_views", None) or ())
+def clean_view_for(plan: dict, job: Job) -> bool:
+    """Whether ``job``'s data module yields the clean view: the module's ``extra_views`` when it
+    has them, else :data:`CLEAN_VIEW`."""
+    probe = build_module(plan, job.preset, job.warmup_epochs)  # not built: no parameters yet
+    views = getattr(probe, "extra_views", None)
+    return "clean" in views if views is not None else bool(job.clean_view)
 
 
 def _built(module) -> bool:
@@ -523,8 +526,8 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
     jobdir = queue.job_dir(job)
     jobdir.mkdir(parents=True, exist_ok=True)
     last, start = jobdir / "last.ckpt", jobdir / "start.ckpt"
+    clean = clean_view_for(plan, job)
     pl.seed_everything(job.seed, verbose=False)
-    clean = job.clean_view if job.clean_view is not None else False
     dm = datamodule(plan, job, data_dir, clean)
     dm.setup("fit")
     facts = {"in_channels": dm.num_channels, "input_size": dm.image_size, "num_clusters": dm.num_classes}
@@ -547,9 +550,6 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
             + (f"; fresh: {', '.join(sorted({k.split('.')[0] for k in fresh}))}" if fresh else ""))
     pl.seed_everything(job.seed, verbose=False)
     module = build_module(plan, job.preset, job.warmup_epochs)
-    if job.clean_view is None and clean_view_for(job, module):
-        clean = True
-        dm = datamodule(plan, job, data_dir, True)
     epoch_log_cls, last_cls = _callbacks()
     epoch_log = epoch_log_cls(jobdir / "progress.json", job)
     trainer = pl.Trainer(accelerator=plan.get("accelerator", "cpu"), devices=1, max_epochs=job.epochs,
@@ -568,6 +568,9 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
         os.replace(last, jobdir / "final.ckpt")
         start.unlink(missing_ok=True)
         return {"epoch_times_s": epoch_log.epoch_times_s, "train_s": train_s}
+    if os.environ.get(KILL_ENV) == f"{job.id}:score":
+        print(f"{KILL_ENV}: killing the queue before {job.id} is scored", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
     begin = time.perf_counter()
     scores = score(module, dm, job.seed)
     score_s = time.perf_counter() - begin
@@ -661,12 +664,12 @@ def run(queue: Queue, commit: bool = False, only: list[str] | None = None, stop_
                     written.append(result)
                     for name in ("last.ckpt", "start.ckpt"):
                         (queue.job_dir(job) / name).unlink(missing_ok=True)
-                    log(f"  done in {result['train_s'] / 60:.1f} min (+ {result['score_s']:.0f} s scoring): "
+                    log(f"  done: {_fmt_s(result['train_s'])} training, {result['score_s']:.0f} s scoring: "
                         f"NMI {result['train']['nmi']:.3f}, test NMI {result['test']['nmi']:.3f}, "
                         f"final loss {result['final_loss']:.4f}")
                 else:
                     queue.mark(job, "done", **result)
-                    log(f"  warm-up done in {result['train_s'] / 60:.1f} min")
+                    log(f"  warm-up done: {_fmt_s(result['train_s'])}")
                 cleanup_warmups(queue)
                 if commit:
                     git_commit([queue.results_path, queue.dir], f"queue {plan['name']}: {job.id} done", log)
@@ -742,7 +745,7 @@ def estimates(queue: Queue) -> dict:
 
 
 def _fmt_s(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
 
 
 def status_text(queue: Queue) -> str:
