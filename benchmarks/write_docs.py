@@ -51,8 +51,8 @@ def metrics_table(rows):
 
 
 def throughput_table(rows):
-    out = ["| backbone | batch | channels-last | bf16 | plain SimCLR loop (img/s) | module, 2 views (img/s) | "
-           "ratio | module, + clean view (img/s) | ratio |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| backbone | batch | channels-last | bf16 | plain SimCLR loop (views/s) | module, 2 views (views/s) | "
+           "ratio | module, + clean view (views/s) | ratio |", "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         out.append(f"| {r['backbone']} | {r['batch']} | {r['channels_last']} | {r['bf16']} | "
                    f"{_f(r['plain_simclr_img_s'], 0)} | {_f(r['module_2views_img_s'], 0)} | "
