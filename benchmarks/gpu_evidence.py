@@ -148,6 +148,8 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
             out[phase] = {"epochs": len(times), "epoch_s": epoch_s, "images_per_s": dm.num_train_samples / epoch_s,
                           "views_per_s": dm.num_train_samples * out["views"] / epoch_s}
     if args.score:
+        if accelerator == "gpu":
+            module.cuda()  # Lightning hands the module back on the CPU
         begin = time.perf_counter()
         scores = score(module, dm, args.seed)
         out["score_s"] = time.perf_counter() - begin

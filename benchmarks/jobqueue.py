@@ -571,6 +571,8 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
     if os.environ.get(KILL_ENV) == f"{job.id}:score":
         print(f"{KILL_ENV}: killing the queue before {job.id} is scored", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
+    if plan.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        module.cuda()  # Lightning hands the module back on the CPU
     begin = time.perf_counter()
     scores = score(module, dm, job.seed)
     score_s = time.perf_counter() - begin
@@ -728,8 +730,7 @@ def estimates(queue: Queue) -> dict:
         if found:
             per_epoch, source = found[0]
         elif str(_views(job)) in defaults:
-            scale = float(defaults.get("scale_by_imbalance", {}).get(_num(job.imbalance_factor), 1.0))
-            per_epoch, source = float(defaults[str(_views(job))]) * scale, "plan default"
+            per_epoch, source = float(defaults[str(_views(job))]), "plan default"
         else:
             per_epoch, source = FALLBACK_EPOCH_S, "fallback"
         left = 0.0 if status == "done" else (job.stop - done_epochs) * per_epoch + (
