@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from dcl_cluster.callbacks import ClusteringEvaluator
@@ -311,6 +311,11 @@ def main(args: list[str] | None = None) -> None:
         )
     except SIGTERMException:
         sys.exit(EXIT_SIGTERM)  # Lightning's SIGTERMException is a SystemExit with code 0
+    except MisconfigurationException as err:  # Lightning's own word for a configuration error
+        if debug:
+            raise
+        sys.stderr.write(f"error: {err}\n({DEBUG_ENV}=1 shows the traceback)\n")
+        sys.exit(1)
     except (ValueError, FileNotFoundError, DownloadError, UnreadableImageError) as err:
         if debug or not _raised_by_us(err):
             raise

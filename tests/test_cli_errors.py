@@ -65,3 +65,9 @@ def test_the_default_config_logs_within_an_epoch():
     dm = LongTailDataModule(**config["data"])
     dm.setup("fit")
     assert config["trainer"]["log_every_n_steps"] <= len(dm.train_dataloader())
+
+
+def test_a_lightning_configuration_conflict_is_one_message(capsys):
+    err = _fail(["fit", "--config", str(CONFIGS / "digits_lt.yaml"), "--trainer.enable_progress_bar=false"],
+                capsys, 1)
+    assert "error: Trainer was configured with `enable_progress_bar=False`" in err and "Traceback" not in err
