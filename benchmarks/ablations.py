@@ -13,8 +13,8 @@ exact continuation (``tests/test_module.py::test_resume_*``), so each row is the
 variant would make from scratch, at a fraction of the time. All variants run in this
 process; ``wall_s`` is the warm-up's share plus the variant's own epochs.
 
-    python benchmarks/ablations.py --seeds 0 1 2 --imbalance-factors 100 --epochs 8
-    python benchmarks/ablations.py --smoke     # CI: digits, 2 epochs, two variants
+    python -m benchmarks.ablations --seeds 0 1 2 --imbalance-factors 100 --epochs 8
+    python -m benchmarks.ablations --smoke     # CI: digits, 2 epochs, two variants
 
 Writes ``benchmarks/results/ablations.json`` after every variant.
 """
@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks.legacy_settings import flat_from_terms, split_overrides, terms_from_flat
+from benchmarks.quality import RECIPES, export_shared_cifar10, score, warmup_epochs
 
-from quality import RECIPES, export_shared_cifar10, score, warmup_epochs  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 #: The dcl_cluster preset the ablations started from (0.1.0 before issue 8), written out so
 #: that the rows keep their meaning whatever the preset becomes; warm-up: half the epochs.
@@ -82,8 +81,10 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
                                   batch_size=args.batch_size or recipe["batch_size"], seed=seed, clean_view=True)
 
     def module(**overrides):
-        return DebiasedClusterModule(**{**REFERENCE, "backbone_width": args.width, "lr": recipe["lr"],
-                                        "channels_last": True, **overrides})
+        objective, module_args = split_overrides(overrides)
+        return DebiasedClusterModule(objectives=terms_from_flat({**REFERENCE, **objective}),
+                                     **{"backbone_width": args.width, "lr": recipe["lr"], "channels_last": True,
+                                        **module_args})
 
     def trainer(**kwargs):
         return pl.Trainer(max_epochs=args.epochs, logger=False, enable_progress_bar=False,
@@ -107,7 +108,9 @@ def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
             trainer(enable_checkpointing=False).fit(model, datamodule=dm,
                                                     ckpt_path=Path(tmp) / f"warmup-epoch={warmups[name] - 1}.ckpt")
             wall = time.perf_counter() - start + warmup_wall * warmups[name]
-            settings = dict(model.hparams)  # what the row ran, whatever the preset becomes
+            # what the row ran, whatever the preset becomes (in the 0.1 flat form of every row)
+            settings = {**{k: v for k, v in model.hparams.items() if k != "objectives"},
+                        **flat_from_terms(model.hparams.objectives)}
             yield {"preset": "dcl_cluster", "variant": name, "settings": settings, "overrides": overrides, "seed": seed,
                    "imbalance_factor": imbalance_factor, "epochs": args.epochs, "precision": args.precision,
                    "width": args.width, "wall_s": wall, **score(model, dm, seed)}

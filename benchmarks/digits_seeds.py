@@ -5,7 +5,7 @@ process per run), seeding both the long-tailed draw and the training with each s
 records the closing report (``final_metrics.json``): does the objective chosen on
 CIFAR-10-LT also hold on the embedded digits?
 
-    python benchmarks/digits_seeds.py --seeds 0 1 2
+    python -m benchmarks.digits_seeds --seeds 0 1 2
 
 Writes ``benchmarks/results/digits_seeds.json`` after every run.
 """
@@ -28,7 +28,10 @@ CONFIG = HERE.parent / "examples" / "configs" / "digits_lt.yaml"
 OBJECTIVES = {
     "shipped": [],
     "0.1.0 (per-batch targets, size_exponent 0.5, no anchor loss)": [
-        "--model.dec_target", "batch", "--model.size_exponent", "0.5", "--model.delta", "0.0"],
+        "--model.objectives", json.dumps([
+            {"class_path": "dcl_cluster.objectives.DebiasedContrastive", "init_args": {"tau_plus": "cluster_prior"}},
+            {"class_path": "dcl_cluster.objectives.DECClustering",
+             "init_args": {"target": "batch", "size_exponent": 0.5}}])],
 }
 
 

@@ -5,8 +5,8 @@ two-view images/s on a 2-core CPU. Measured for the digits default and for CIFAR
 (IF 100, the ``npz`` source exported from ``../shared/data``, skipped when absent), at
 ``num_workers`` 0 and 2, after the first batch (worker start-up is reported apart).
 
-    python benchmarks/loader_throughput.py            # ~1 min
-    python benchmarks/loader_throughput.py --smoke    # a few seconds
+    python -m benchmarks.loader_throughput            # ~1 min
+    python -m benchmarks.loader_throughput --smoke    # a few seconds
 """
 
 from __future__ import annotations

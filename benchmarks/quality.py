@@ -5,9 +5,9 @@ process (so peak memory is its own). Scores on the long-tailed train set and on 
 balanced test set: NMI, ACC, balanced ACC, ARI, head/medium/tail ACC, with wall time and
 peak memory; plus the floor, k-means on 50 PCA components of raw pixels.
 
-    python benchmarks/quality.py --epochs 20                 # CPU budget (small CNN)
-    python benchmarks/quality.py --recipe gpu --accelerator gpu   # ResNet-18, 500 epochs
-    python benchmarks/quality.py --smoke                      # CI: digits, 1 epoch
+    python -m benchmarks.quality --epochs 20                 # CPU budget (small CNN)
+    python -m benchmarks.quality --recipe gpu --accelerator gpu   # ResNet-18, 500 epochs
+    python -m benchmarks.quality --smoke                      # CI: digits, 1 epoch
 
 Data: the offline CIFAR-10 copy (``../shared/data/cifar10/export.py arrays DIR``, the
 ``"npz"`` source) or, with ``--dataset cifar10 --data-dir DIR``, torchvision's folder.
@@ -29,15 +29,15 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PRESETS = ["simclr", "dcl", "cc", "sic", "dcl_cluster"]
+PRESETS = ["simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "p2ot_alone"]
 RECIPES = {
     # a budget that fits 2 CPU cores: small CNN, batch 256, Adam 1e-3
     # (dcl_cluster starts clustering at 3/4 of it: the ablations in docs/benchmarks.md)
     "cpu": {"backbone": "small_cnn", "batch_size": 256, "lr": 1e-3,
-            "warmup_fraction": {"cc": 0.5, "sic": 0.5, "dcl_cluster": 0.75}},
+            "warmup_fraction": {"cc": 0.5, "sic": 0.5, "dcl_cluster": 0.75, "p2ot": 0.75, "p2ot_alone": 0.75}},
     # the full GPU recipe: ResNet-18 with the CIFAR stem
     "gpu": {"backbone": "resnet18", "batch_size": 512, "lr": 1e-3,
-            "warmup_fraction": {"cc": 0.2, "sic": 0.2, "dcl_cluster": 0.2}},
+            "warmup_fraction": {"cc": 0.2, "sic": 0.2, "dcl_cluster": 0.2, "p2ot": 0.2, "p2ot_alone": 0.2}},
 }
 
 
@@ -66,19 +66,18 @@ def run_one(args) -> dict:
 
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
     from dcl_cluster.nn import ResNet
-    from dcl_cluster.presets import PRESETS as SETTINGS
+    from dcl_cluster.presets import preset
 
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.recipe]
-    settings = SETTINGS[args.preset]
-    clean = settings.get("dec_input") == "clean" or settings.get("delta", 0) > 0
+    clusters = any(term.needs().clustering for term in preset(args.preset)["objectives"])
     pl.seed_everything(args.seed)
     dm = LongTailDataModule(args.dataset, args.data_dir, imbalance_factor=args.imbalance_factor,
                             batch_size=args.batch_size or recipe["batch_size"], num_workers=args.workers,
-                            seed=args.seed, clean_view=clean)
+                            seed=args.seed)  # the module asks for the views its terms need
     backbone = ResNet("resnet18", cifar_stem=True) if recipe["backbone"] == "resnet18" else None
     warmup = 0  # contrastive-only presets have no warm-up
-    if settings["clustering"] != "none":
+    if clusters:
         fraction = recipe["warmup_fraction"][args.preset] if args.warmup_fraction is None else args.warmup_fraction
         warmup = warmup_epochs(args.epochs, fraction)
     module = DebiasedClusterModule.from_preset(
@@ -141,15 +140,17 @@ def pixel_floor(args) -> dict:
 
 
 def child(args, preset, seed, imbalance_factor) -> dict:
-    cmd = [sys.executable, __file__, "--run-one", preset, "--seed", str(seed), "--imbalance-factor",
-           str(imbalance_factor), "--epochs", str(args.epochs), "--recipe", args.recipe, "--dataset", args.dataset,
+    cmd = [sys.executable, "-m", "benchmarks.quality", "--run-one", preset, "--seed", str(seed),
+           "--imbalance-factor", str(imbalance_factor), "--epochs", str(args.epochs), "--recipe", args.recipe,
+           "--dataset", args.dataset,
            "--data-dir", str(args.data_dir), "--width", str(args.width), "--workers", str(args.workers),
            "--threads", str(args.threads), "--accelerator", args.accelerator, "--precision", args.precision]
     if args.warmup_fraction is not None:
         cmd += ["--warmup-fraction", str(args.warmup_fraction)]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         raise RuntimeError(f"{preset} seed {seed} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -7,26 +7,25 @@ Sections (all on the CPU with ``torch.set_num_threads(2)``; medians of interleav
   throughput  DebiasedClusterModule (dcl_cluster preset, clustering on) in a Trainer vs a plain
               PyTorch SimCLR loop, same backbone and batch; with channels-last and bf16 autocast
 
-    python benchmarks/speed.py                      # everything, writes benchmarks/results/speed.json
-    python benchmarks/speed.py --sections kmeans    # one section
-    python benchmarks/speed.py --smoke              # tiny sizes, for CI
+    python -m benchmarks.speed                      # everything, writes benchmarks/results/speed.json
+    python -m benchmarks.speed --sections kmeans    # one section
+    python -m benchmarks.speed --smoke              # tiny sizes, for CI
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import speed_losses
+from benchmarks.common import interleaved_medians
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import speed_losses  # noqa: E402
-from common import interleaved_medians  # noqa: E402
 
 
 def bench_kmeans(n, d, ks, n_init, repeats) -> list[dict]:
@@ -130,6 +129,7 @@ def module_in_trainer(backbone_fn, batches, channels_last, bf16, size, dec_input
     import lightning.pytorch as pl
 
     from dcl_cluster import DebiasedClusterModule
+    from dcl_cluster.presets import preset
 
     class Timer(pl.Callback):
         def on_train_batch_start(self, trainer, *args):
@@ -140,10 +140,14 @@ def module_in_trainer(backbone_fn, batches, channels_last, bf16, size, dec_input
             self.elapsed = time.perf_counter() - self.start
 
     torch.manual_seed(0)
-    module = DebiasedClusterModule.from_preset(
-        "dcl_cluster", backbone=backbone_fn(), in_channels=3, input_size=size, num_clusters=10,
-        warmup_epochs=0, channels_last=channels_last, projection_hidden_dim=512, cosine=False,
-        dec_input=dec_input, **({} if dec_input == "clean" else {"delta": 0.0}))
+    from dcl_cluster.objectives import DebiasedContrastive, DECClustering
+
+    terms = preset("dcl_cluster")["objectives"]
+    if dec_input != "clean":  # two views: DEC on the augmented views, no anchor loss
+        terms = [DebiasedContrastive(tau_plus="cluster_prior"), DECClustering(target="prior", inputs="views")]
+    module = DebiasedClusterModule(
+        objectives=terms, backbone=backbone_fn(), in_channels=3, input_size=size, num_clusters=10,
+        warmup_epochs=0, channels_last=channels_last, projection_hidden_dim=512, cosine=False)
     n_views = 3 if dec_input == "clean" else 2
     loader = [(views[:n_views], torch.zeros(len(views[0]), dtype=torch.long), torch.arange(len(views[0])))
               for views in batches]

@@ -1,8 +1,8 @@
 """Speed of the debiased contrastive loss (forward + backward) against lightly's NTXentLoss,
 the paper's plain formulation, and the floor of the three matmuls it needs.
 
-    python benchmarks/speed_losses.py            # B in {256, 1024, 2048}, d = 128
-    python benchmarks/speed_losses.py --smoke    # tiny, for CI
+    python -m benchmarks.speed_losses            # B in {256, 1024, 2048}, d = 128
+    python -m benchmarks.speed_losses --smoke    # tiny, for CI
 """
 
 from __future__ import annotations
@@ -11,15 +11,12 @@ import argparse
 import functools
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, peak_memory_mib  # noqa: E402
-
+from benchmarks.common import interleaved_medians, peak_memory_mib
 from dcl_cluster.losses import debiased_contrastive_loss  # noqa: E402
 
 TEMPERATURE, TAU_PLUS = 0.5, 0.1

@@ -1,6 +1,6 @@
 """Render benchmarks/results/{speed,quality,ablations}.json into docs/benchmarks.md and its plots.
 
-    python benchmarks/write_docs.py     # rewrites the generated blocks of docs/benchmarks.md
+    python -m benchmarks.write_docs     # rewrites the generated blocks of docs/benchmarks.md
 
 Only the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` markers is replaced,
 so the commentary around the tables stays as written.
@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
 
@@ -210,16 +209,17 @@ def shipped_preset_rows(ablations, warmup_fraction=None):
     recipe's warm-up for it): the ``dcl_cluster`` rows of the quality tables."""
     import inspect
 
-    from quality import RECIPES, warmup_epochs
-
+    from benchmarks.legacy_settings import FLAT_DEFAULTS, flat_from_terms
+    from benchmarks.quality import RECIPES, warmup_epochs
     from dcl_cluster import DebiasedClusterModule
-    from dcl_cluster.presets import PRESETS
+    from dcl_cluster.presets import preset
 
     if warmup_fraction is None:
         warmup_fraction = RECIPES["cpu"]["warmup_fraction"]["dcl_cluster"]
     params = inspect.signature(DebiasedClusterModule.__init__).parameters.values()
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    shipped = {**defaults, **PRESETS["dcl_cluster"]}
+    defaults.update(FLAT_DEFAULTS)  # rows hold the objective in the 0.1 flat form
+    shipped = {**defaults, **flat_from_terms([t.config() for t in preset("dcl_cluster")["objectives"]])}
 
     def is_shipped(r):
         ran = {**defaults, **r["settings"]}

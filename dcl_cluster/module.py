@@ -25,8 +25,8 @@ from dcl_cluster.losses.checks import tensor_value_checks
 from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, cluster_head, feature_dim
 from dcl_cluster.nn.heads import HEAD_KINDS
 from dcl_cluster.objectives import Objective, StepOutputs, apply_term_settings, build_objectives
-from dcl_cluster.objectives.base import TermSettingError
 from dcl_cluster.objectives.assembly import check_finite, check_num_clusters, head_kind_for, step_metrics, views_for
+from dcl_cluster.objectives.base import TermSettingError
 from dcl_cluster.optim import build_optimizer
 from dcl_cluster.presets import preset
 
@@ -327,7 +327,8 @@ class DebiasedClusterModule(pl.LightningModule):
         terms = {}
         with tensor_value_checks(False):  # the module builds tau+ and the prior in range
             for term in self.objectives:
-                if term.needs().clustering and not step.clustering:
+                needs = term.needs()
+                if (needs.clustering and not step.clustering) or (needs.warmup and step.clustering):
                     continue
                 terms[term.name] = (float(term.weight), term(step))
         return terms

@@ -17,6 +17,8 @@ from dcl_cluster.objectives import (
     DECClustering,
     InfoNCE,
     Objective,
+    P2OTPseudoLabels,
+    WarmupOnly,
 )
 
 __all__ = ["PRESETS", "preset"]
@@ -36,6 +38,11 @@ PRESETS: dict[str, Callable[[], list[Objective]]] = {
     # ablations in docs/benchmarks.md; 0.1.0 used per-batch targets, size_exponent 0.5, no anchor).
     "dcl_cluster": lambda: [DebiasedContrastive(tau_plus="cluster_prior"), DECClustering(target="prior"),
                             AnchorConsistency()],
+    # P²OT's pseudo-labels (cosine head, partial transport with a trust ramp) beside the debiased
+    # loss with the cluster-prior tau+: the two ideas combined (beyond both papers).
+    "p2ot": lambda: [DebiasedContrastive(tau_plus="cluster_prior"), P2OTPseudoLabels()],
+    # P²OT as its paper trains it: its term alone once the (contrastive) warm-up is over.
+    "p2ot_alone": lambda: [WarmupOnly(DebiasedContrastive(tau_plus=0.1)), P2OTPseudoLabels()],
 }
 
 
@@ -46,7 +53,9 @@ def preset(name: str) -> dict[str, Any]:
     constant ``tau+`` (Chuang et al., NeurIPS 2020); ``cc``: Contrastive Clustering (Li et
     al., AAAI 2021); ``sic``: InfoNCE + DEC + anchor loss (Sundareswaran et al., arXiv
     2109.12714); ``dcl_cluster``: the debiased loss with a per-anchor cluster-prior ``tau+``
-    and DEC (Xie et al., ICML 2016) toward prior-matched targets, plus the anchor loss.
+    and DEC (Xie et al., ICML 2016) toward prior-matched targets, plus the anchor loss;
+    ``p2ot``: the debiased loss beside P²OT's pseudo-labels (Zhang et al., ICLR 2024);
+    ``p2ot_alone``: P²OT's term alone after a debiased contrastive warm-up.
 
     Args:
         name: One of :data:`PRESETS`.
@@ -59,10 +68,10 @@ def preset(name: str) -> dict[str, Any]:
         ValueError: an unknown name.
 
     Examples:
-        >>> preset("dcl")["objectives"]
-        [DebiasedContrastive(weight=1.0, temperature=0.5, tau_plus=0.1, tau_plus_warmup=0.1, tau_min=0.001, tau_max=0.5)]
+        >>> [type(term).__name__ for term in preset("dcl_cluster")["objectives"]]
+        ['DebiasedContrastive', 'DECClustering', 'AnchorConsistency']
         >>> sorted(PRESETS)
-        ['cc', 'dcl', 'dcl_cluster', 'sic', 'simclr']
+        ['cc', 'dcl', 'dcl_cluster', 'p2ot', 'p2ot_alone', 'sic', 'simclr']
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")

@@ -82,12 +82,9 @@ def train(args: argparse.Namespace) -> dict:
     import lightning.pytorch as pl
 
     from dcl_cluster import ClusteringEvaluator, DebiasedClusterModule, EmbeddingPlots, LongTailDataModule
-    from dcl_cluster.presets import preset
     from dcl_cluster.report import final_report
 
     pl.seed_everything(0)
-    settings = preset(args.preset)
-    needs_clean = settings.get("dec_input") == "clean" or settings.get("delta", 0) > 0
     datamodule = LongTailDataModule(
         "image_folder",
         data_dir=str(args.data_dir),
@@ -95,8 +92,7 @@ def train(args: argparse.Namespace) -> dict:
         image_size=args.image_size,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        clean_view=needs_clean,
-    )
+    )  # the model asks it for the extra views its objective terms need
     datamodule.setup("fit")
     print(f"classes {datamodule.class_names}; long-tailed train counts {datamodule.train_class_counts}")
 

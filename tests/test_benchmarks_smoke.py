@@ -1,14 +1,9 @@
 """The benchmark scripts still run (tiny sizes); their numbers live in docs/benchmarks.md."""
 
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
 
 def test_speed_benchmark_smoke():
-    import speed
+    from benchmarks import speed
 
     results = speed.main(["--smoke"])
     assert {"loss", "kmeans", "metrics", "throughput"} <= set(results)
@@ -18,13 +13,13 @@ def test_speed_benchmark_smoke():
 
 
 def test_loader_throughput_smoke():
-    import loader_throughput
+    from benchmarks import loader_throughput
 
     loader_throughput.main(["--smoke"])
 
 
 def test_quality_benchmark_smoke():
-    import quality
+    from benchmarks import quality
 
     rows = quality.main(["--smoke"])
     floor, run = rows
@@ -36,10 +31,10 @@ def test_quality_benchmark_smoke():
 def test_ablations_smoke_rows_equal_runs_from_scratch():
     # Variants resume from a shared warm-up checkpoint trained with another warmup_epochs:
     # each row must be exactly the run the variant makes from scratch.
-    import ablations
     import lightning.pytorch as pl
-    import quality
 
+    from benchmarks import ablations, quality
+    from benchmarks.legacy_settings import split_overrides, terms_from_flat
     from dcl_cluster import DebiasedClusterModule, LongTailDataModule
 
     rows = ablations.main(["--smoke"])
@@ -47,8 +42,9 @@ def test_ablations_smoke_rows_equal_runs_from_scratch():
     for row in rows:
         pl.seed_everything(0)
         dm = LongTailDataModule("digits", imbalance_factor=10.0, batch_size=64, seed=0, clean_view=True)
-        module = DebiasedClusterModule(**{**ablations.REFERENCE, "backbone_width": 8, "lr": 1e-3,
-                                          "channels_last": True, **row["overrides"]})
+        objective, module_args = split_overrides(row["overrides"])
+        module = DebiasedClusterModule(objectives=terms_from_flat({**ablations.REFERENCE, **objective}),
+                                       **{"backbone_width": 8, "lr": 1e-3, "channels_last": True, **module_args})
         pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                    enable_checkpointing=False, limit_val_batches=0).fit(module, datamodule=dm)
         scratch = quality.score(module, dm, 0)
@@ -58,8 +54,7 @@ def test_ablations_smoke_rows_equal_runs_from_scratch():
 
 
 def test_digits_seeds_smoke_runs_the_default_config_per_objective():
-    import digits_seeds
-    import write_docs
+    from benchmarks import digits_seeds, write_docs
 
     rows = digits_seeds.main(["--smoke"])
     assert [r["objective"] for r in rows] == list(digits_seeds.OBJECTIVES)
@@ -70,18 +65,26 @@ def test_digits_seeds_smoke_runs_the_default_config_per_objective():
 
 
 def test_quality_tables_take_only_the_runs_of_the_shipped_preset():
-    import write_docs
+    from benchmarks import write_docs
+    from benchmarks.legacy_settings import flat_from_terms
+    from dcl_cluster.presets import preset
 
-    from dcl_cluster.presets import PRESETS
+    shipped = flat_from_terms([t.config() for t in preset("dcl_cluster")["objectives"]])
 
     def row(seed, epochs=8, **settings):  # the CPU recipe starts dcl_cluster's clustering at 3/4: 6 of 8 epochs
         return {"variant": "v", "epochs": epochs, "wall_s": 1.0, "seed": seed,
-                "settings": {**PRESETS["dcl_cluster"], "warmup_epochs": 6, "backbone_width": 32, **settings}}
+                "settings": {**shipped, "warmup_epochs": 6, "backbone_width": 32, **settings}}
 
-    assert PRESETS["dcl_cluster"]["dec_target"] == "prior"
+    assert shipped["dec_target"] == "prior" and shipped["delta"] == 1.0
     rows = [row(0), row(1, size_exponent=0.25),  # the prior-matched target has no size exponent: both shipped
             row(2, prior_momentum=1.0), row(3, dec_target="batch"), row(4, delta=0.0), row(5, warmup_epochs=4),
             row(6, epochs=10), row(7, detach_cluster_input=True)]
     picked = write_docs.shipped_preset_rows(rows)
     assert [r["seed"] for r in picked] == [0, 1] and picked[0]["settings"]["backbone_width"] == 32
     assert "wall_s" not in picked[0] and "variant" not in picked[0]
+
+
+def test_estimate_k_benchmark_smoke():
+    from benchmarks import estimate_k
+
+    estimate_k.main(["--smoke"])

@@ -354,7 +354,7 @@ class TestErrors:
 
     def test_max_steps_inside_the_warmup(self):
         with pytest.raises(ValueError, match=r"trainer.max_steps=3 ends inside the warm-up \(warmup_epochs=1 x 4 "
-                                             "steps per epoch\)"):
+                                             r"steps per epoch\)"):
             make_trainer(max_epochs=5, max_steps=3).fit(small("dcl_cluster", warmup_epochs=1),
                                                         datamodule=ToyDataModule())
 

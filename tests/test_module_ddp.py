@@ -14,7 +14,7 @@ def one_step(devices, batch_size):
     pl.seed_everything(0)
     module = DebiasedClusterModule.from_preset(
         "dcl_cluster", backbone=NoBatchNormNet(), projector=MLPProjectionHead(16, 32, 8, batch_norm=False),
-        in_channels=1, input_size=8, num_clusters=4, delta=1.0, warmup_epochs=0,
+        in_channels=1, input_size=8, num_clusters=4, warmup_epochs=0,
         optimizer="sgd", lr=0.5, momentum=0.0, weight_decay=0.0, cosine=False,
     )
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",

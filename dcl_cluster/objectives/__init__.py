@@ -14,6 +14,8 @@ term over a pure function of :mod:`dcl_cluster.losses`. A preset is a list of te
 from dcl_cluster.objectives.base import Needs, Objective, apply_term_settings, build_objectives
 from dcl_cluster.objectives.clustering import AnchorConsistency, ClusterContrastive, DECClustering
 from dcl_cluster.objectives.contrastive import DebiasedContrastive, HardNegativeContrastive, InfoNCE
+from dcl_cluster.objectives.pseudo_labels import P2OTPseudoLabels
+from dcl_cluster.objectives.schedule import WarmupOnly
 from dcl_cluster.objectives.step import StepOutputs
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "DECClustering",
     "AnchorConsistency",
     "ClusterContrastive",
+    "P2OTPseudoLabels",
+    "WarmupOnly",
 ]

@@ -37,6 +37,7 @@ class Needs:
         prior: The running estimate of the cluster sizes (``step.cluster_prior``).
         num_clusters: The number of clusters, passed to :meth:`Objective.build`.
         clustering: Runs only in the clustering phase (after the warm-up, head ready).
+        warmup: Runs only in the warm-up (before the clustering phase).
     """
 
     views: tuple[str, ...] = ()
@@ -44,6 +45,7 @@ class Needs:
     prior: bool = False
     num_clusters: bool = False
     clustering: bool = False
+    warmup: bool = False
 
 
 def check_weight(weight: float) -> None:
