@@ -4,10 +4,12 @@
 and ordinary DataLoaders, with nothing of dcl_cluster in them. The only lines that use
 dcl_cluster are the two callbacks handed to the Trainer (marked ``# <- dcl_cluster``).
 ``ClusteringEvaluator`` clusters the validation embeddings with k-means each epoch and
-logs ``val/nmi``, ``val/acc``, ``val/balanced_acc``, ``val/ari``, ``val/ami`` and, given
-the training class counts, ``val/head_acc``, ``val/medium_acc``, ``val/tail_acc``;
+logs ``val/nmi``, ``val/acc``, ``val/balanced_acc``, ``val/macro_f1``, ``val/ari``,
+``val/ami`` and, given the training class counts, ``val/head_acc``, ``val/medium_acc``,
+``val/tail_acc``;
 ``EmbeddingPlots`` saves three PNGs (t-SNE by class and by cluster, cluster sizes against
-class sizes, the matched confusion matrix) and logs them to TensorBoard / W&B loggers.
+the training class sizes, the matched confusion matrix) and logs them to TensorBoard / W&B
+loggers. Each callback works alone; together they do not share state.
 
 The callbacks need one thing of your module: validation batches ``(x, y, ...)`` and
 ``module(x)`` returning a ``(B, d)`` tensor (here the logits), or a ``validation_step``
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=250)
 
     evaluator = ClusteringEvaluator(num_clusters=10, class_counts=class_counts)  # <- dcl_cluster
-    plots = EmbeddingPlots(every_n_epochs=epochs, method="pca" if args.smoke else "tsne")  # <- dcl_cluster
+    plots = EmbeddingPlots(every_n_epochs=epochs, method="pca" if args.smoke else "tsne",  # <- dcl_cluster
+                           class_counts=class_counts)
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",

@@ -95,8 +95,36 @@ def test_evaluator_reports_sensible_scores_on_a_plain_classifier(fitted):
     assert float(m["val/nmi"]) > 0.8 and float(m["val/acc"]) > 0.8
     assert float(m["val/ari"]) > 0.7 and float(m["val/balanced_acc"]) > 0.8
     # class counts came from the datamodule: head / medium / tail are logged too
-    assert {"val/head_acc", "val/medium_acc", "val/tail_acc"} <= set(m)
+    assert {"val/head_acc", "val/medium_acc", "val/tail_acc", "val/macro_f1"} <= set(m)
     assert evaluator.last_metrics["val/nmi"] == pytest.approx(float(m["val/nmi"]))
+
+
+def test_plots_leave_the_evaluator_alone(fitted):
+    _, _, evaluator, _ = fitted
+    assert evaluator.keep_outputs is False and evaluator.last_outputs is None
+
+
+def test_cluster_size_plot_shows_the_training_counts_by_frequency(fitted):
+    _, _, _, plots = fitted
+    ax = plots.last_figures["cluster_sizes"].axes[0]
+    class_bars = [bar.get_height() for bar in ax.containers[0]]
+    assert class_bars == pytest.approx([c / sum(TRAIN_COUNTS) for c in TRAIN_COUNTS])
+    # the balanced validation set's class sizes are marked over them: flat, a quarter each
+    (marks,) = ax.collections
+    assert [seg[0][1] for seg in marks.get_segments()] == pytest.approx([0.25] * 4)
+    assert "training class sizes" in ax.get_title()
+
+
+def test_cluster_size_plot_orders_classes_by_training_frequency():
+    from dcl_cluster.callbacks import clustering_figures
+
+    y = torch.arange(40) % 4  # evaluated set: flat
+    figs = clustering_figures(torch.randn(40, 3), y, y, method="pca",
+                              class_counts=[10, 80, 20, 40])
+    ax = figs["cluster_sizes"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "2", "0"]
+    assert [bar.get_height() for bar in ax.containers[0]] == pytest.approx(
+        [80 / 150, 40 / 150, 20 / 150, 10 / 150])
 
 
 def test_knn_and_diagnostics_are_logged(fitted):
@@ -128,6 +156,38 @@ def test_state_is_saved_and_restored_with_the_checkpoint(fitted, tmp_path):
     resumed.fit(Classifier(), datamodule=Data(), ckpt_path=path)
     assert fresh.last_metrics == evaluator.last_metrics
     assert fresh.last_epoch == evaluator.last_epoch is not None
+
+
+@pytest.mark.parametrize("make", [
+    lambda tmp: ClusteringEvaluator(),
+    lambda tmp: KNNEvaluator(k=20),
+    lambda tmp: EmbeddingPlots(method="pca", max_points=100, save_dir=str(tmp)),
+], ids=["evaluator", "knn", "plots"])
+def test_each_callback_works_alone_on_a_plain_module(make, tmp_path):
+    torch.manual_seed(0)
+    callback = make(tmp_path)
+    trainer = make_trainer([callback], max_epochs=1)
+    trainer.fit(Classifier(), datamodule=Data())
+    if isinstance(callback, EmbeddingPlots):
+        assert len(callback.last_files) == 3 and all(os.path.exists(p) for p in callback.last_files)
+    else:
+        assert callback.last_metrics and set(callback.last_metrics) <= set(trainer.callback_metrics)
+
+
+class ClassifierWithTestStep(Classifier):
+    def test_step(self, batch, batch_idx):
+        return self.validation_step(batch, batch_idx)
+
+
+def test_test_runs_are_scored_under_the_test_prefix():
+    torch.manual_seed(0)
+    evaluator = ClusteringEvaluator(num_clusters=4)
+    trainer = make_trainer([evaluator], max_epochs=1)
+    model = ClassifierWithTestStep()
+    trainer.fit(model, datamodule=Data())
+    (result,) = trainer.test(model, dataloaders=Data().val_dataloader(), verbose=False)
+    assert {"test/acc", "test/nmi", "test/macro_f1"} <= set(result)
+    assert not any(k.startswith("val/") for k in result)
 
 
 def test_cluster_probs_are_scored_and_kmeans_goes_under_kmeans_prefix():
@@ -191,15 +251,17 @@ class CountGathered(Callback):
 
 def test_ddp_spawn_gathers_every_rank_and_logs_the_same_scores():
     torch.manual_seed(0)
-    evaluator = ClusteringEvaluator(num_clusters=4)
-    evaluator.keep_outputs = True
-    trainer = make_trainer([evaluator, CountGathered(evaluator)], max_epochs=2,
+    evaluator = ClusteringEvaluator(num_clusters=4, keep_outputs=True)
+    # 5 bank batches: rank 0 embeds 3 of them, rank 1 two (an uneven gather)
+    knn = KNNEvaluator(k=20, train_dataloader=DataLoader(separable([120] * 4, 0), batch_size=100))
+    trainer = make_trainer([evaluator, CountGathered(evaluator), knn], max_epochs=2,
                            strategy="ddp_spawn", devices=2)
     train = DataLoader(separable([120] * 4, 0), batch_size=32, shuffle=True)
     trainer.fit(Classifier(), train, DataLoader(separable([50] * 4, 1), batch_size=50))
     m = trainer.callback_metrics
     assert float(m["n_scored"]) == 200  # 100 per rank, gathered
     assert float(m["val/nmi"]) > 0.8 and float(m["val/acc"]) > 0.8
+    assert float(m["val/knn_acc"]) > 0.95
 
 
 def test_shot_thresholds_give_the_imagenet_lt_groups():

@@ -11,25 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
-from dcl_cluster.callbacks.collect import EmbeddingBuffer, batch_embeddings, evaluation_due
+from dcl_cluster.callbacks.collect import EmbeddingCollector
 from dcl_cluster.cluster import KMeans
 from dcl_cluster.metrics import clustering_scores
 
 _SOURCES = ("auto", "kmeans", "head")
 
 
-class ClusteringEvaluator(Callback):
+class ClusteringEvaluator(EmbeddingCollector):
     """Log clustering scores of the validation set every ``every_n_epochs`` epochs.
 
     Predictions come from the argmax of ``cluster_probs`` (a cluster head) and/or from
     k-means (Lloyd 1982, k-means++ seeding, :class:`~dcl_cluster.cluster.KMeans`) on
     the embeddings, as in DEC (Xie et al. 2016) and Contrastive Clustering (Li et al.
-    2021). Scores: ``acc``, ``balanced_acc``, ``nmi``, ``ari``, ``ami`` and, when
-    training class counts are known, ``head_acc``, ``medium_acc``, ``tail_acc``.
+    2021). Scores: ``acc``, ``balanced_acc``, ``macro_f1`` (Hungarian-matched, P²OT's
+    protocol), ``nmi``, ``ari``, ``ami`` and, when training class counts are known,
+    ``head_acc``, ``medium_acc``, ``tail_acc``.
 
-    Keys (``prefix="val/"``):
+    Keys (``prefix="val/"``; ``trainer.test()`` logs the same under ``test_prefix``):
 
     - ``source="auto"``: with ``cluster_probs``, the head's scores as ``val/acc``,
       ``val/nmi``, ... and k-means' as ``val/kmeans_acc``, ``val/kmeans_nmi``, ...;
@@ -46,7 +47,7 @@ class ClusteringEvaluator(Callback):
     are kept), rank 0 computes, and the scores are broadcast so every rank logs the
     same numbers (``sync_dist=False``). Works with ``trainer.validate()`` (always
     evaluates there). ``last_metrics`` holds the last logged dict and is saved with
-    the checkpoint.
+    the checkpoint. It works alone: no other callback reads or sets its state.
 
     Args:
         num_clusters: Clusters for k-means; default ``num_classes``.
@@ -59,10 +60,13 @@ class ClusteringEvaluator(Callback):
         seed: k-means seed (the same on every rank and epoch).
         max_samples: Evaluate on at most this many validation samples.
         kmeans_metric: ``"euclidean"`` or ``"cosine"`` (spherical k-means).
-        test_prefix: Prefix of the keys logged by ``trainer.test()``, which is always evaluated.
+        test_prefix: Prefix of the keys logged by ``trainer.test()``, which is always
+            evaluated; None ignores test runs.
         shot_thresholds: ``(many, few)`` training counts for the head/medium/tail groups
             instead of 30/40/30 % of the classes, e.g. ``(100, 20)`` for ImageNet-LT's
             many/medium/few-shot split (Liu et al. 2019).
+        keep_outputs: Keep the last evaluation's embeddings, labels and predictions
+            (CPU tensors, rank 0) in ``last_outputs``; see :meth:`evaluate`.
 
     Examples:
         >>> from lightning.pytorch import Trainer
@@ -83,11 +87,10 @@ class ClusteringEvaluator(Callback):
         kmeans_metric: str = "euclidean",
         test_prefix: str = "test/",
         shot_thresholds: tuple[int, int] | None = None,
+        keep_outputs: bool = False,
     ) -> None:
         if source not in _SOURCES:
             raise ValueError(f"source must be one of {_SOURCES}, got {source!r}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         for name, value in (("num_clusters", num_clusters), ("num_classes", num_classes)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be None or >= 1, got {value}")
@@ -96,75 +99,39 @@ class ClusteringEvaluator(Callback):
             raise ValueError(f"class_counts must have num_classes={num_classes} entries, "
                              f"got {len(class_counts)}")
         KMeans(1, n_init=kmeans_n_init, metric=kmeans_metric)  # validates both
+        super().__init__(every_n_epochs, max_samples, prefix, test_prefix)
         self.num_clusters = num_clusters
         self.num_classes = num_classes
         self.class_counts = class_counts
-        self.every_n_epochs = every_n_epochs
         self.source = source
-        self.prefix = prefix
-        self.test_prefix = test_prefix
         self.shot_thresholds = shot_thresholds
         self.kmeans_n_init = kmeans_n_init
         self.seed = seed
         self.kmeans_metric = kmeans_metric
-        self.buffer = EmbeddingBuffer(max_samples)
-        self.keep_outputs = False  # EmbeddingPlots switches this on to reuse the work
+        self.keep_outputs = keep_outputs
         self.last_metrics: dict[str, float] = {}
         self.last_epoch: int | None = None
         self.last_outputs: dict[str, Any] | None = None
-        self._active = False
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix, source=self.source)
 
-    # ----------------------------------------------------------------- hooks
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._active = evaluation_due(trainer, self.every_n_epochs)
-        self.buffer.reset()
+    def on_collected(self, trainer: Trainer, pl_module: LightningModule,
+                     data: dict[str, torch.Tensor | None], prefix: str) -> None:
+        """Score the gathered run on rank 0 and log the same numbers on every rank."""
+        kept: dict[str, Any] = {}
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if not self._active or dataloader_idx != 0:
-            return
-        emb, probs, labels = batch_embeddings(pl_module, batch, outputs)
-        self.buffer.add(trainer, emb, probs, labels)
+        def compute() -> dict[str, float]:
+            metrics, kept["outputs"] = self.evaluate(data, getattr(trainer, "datamodule", None),
+                                                     prefix)
+            return metrics
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish(trainer, pl_module, self.prefix)
-
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._active = True  # trainer.test(): always, on the test loader, under ``test_prefix``
-        self.buffer.reset()
-
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish(trainer, pl_module, self.test_prefix)
-
-    def _finish(self, trainer: Trainer, pl_module: LightningModule, prefix: str) -> None:
-        if not self._active:
-            return
-        self._active = False
-        data = self.buffer.gather(trainer, pl_module.device)
-        self.buffer.reset()
-        if data["labels"].numel() == 0:
-            return
-        metrics = outputs = None
-        if trainer.is_global_zero:
-            metrics, outputs = self.evaluate(data, getattr(trainer, "datamodule", None), prefix)
-        if trainer.world_size > 1:
-            metrics = trainer.strategy.broadcast(metrics, src=0)
-        for key, value in metrics.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.last_metrics = metrics
+        self.last_metrics = self.log_from_rank_zero(trainer, pl_module, compute)
         self.last_epoch = trainer.current_epoch
-        if self.keep_outputs and outputs is not None:
-            outputs["epoch"] = trainer.current_epoch
-            self.last_outputs = outputs
+        if self.keep_outputs and "outputs" in kept:
+            kept["outputs"]["epoch"] = trainer.current_epoch
+            self.last_outputs = kept["outputs"]
 
     # ----------------------------------------------------------------- computation
     def evaluate(self, data: dict[str, torch.Tensor | None], datamodule: Any = None,

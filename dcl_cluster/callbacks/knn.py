@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
 from dcl_cluster.callbacks.collect import (
-    EmbeddingBuffer,
-    evaluation_due,
+    EmbeddingCollector,
     gather_rows,
     module_embeddings,
     split_batch,
@@ -22,7 +21,7 @@ from dcl_cluster.callbacks.collect import (
 from dcl_cluster.metrics import knn_predict, rankme, uniformity
 
 
-class KNNEvaluator(Callback):
+class KNNEvaluator(EmbeddingCollector):
     """Log ``val/knn_acc``, ``val/uniformity`` and ``val/rankme`` every ``every_n_epochs``.
 
     Implements the weighted kNN classifier of Wu et al. (CVPR 2018; ``k=200``,
@@ -67,52 +66,29 @@ class KNNEvaluator(Callback):
             raise ValueError(f"k must be >= 1, got {k}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        super().__init__(every_n_epochs, prefix=prefix)
         self.k = k
         self.temperature = temperature
-        self.every_n_epochs = every_n_epochs
         self.train_dataloader = train_dataloader
-        self.prefix = prefix
         self.diagnostics_samples = diagnostics_samples
-        self.buffer = EmbeddingBuffer()
         self.last_metrics: dict[str, float] = {}
-        self._active = False
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(prefix=self.prefix, k=self.k)
 
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._active = evaluation_due(trainer, self.every_n_epochs)
-        self.buffer.reset()
-
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if not self._active or dataloader_idx != 0:
-            return
+    def collect_batch(self, pl_module: LightningModule, batch: Any, outputs: Any):
+        """``pl_module(x)``, whatever ``validation_step`` returns: comparable to the bank."""
         x, y = split_batch(batch)
         emb = module_embeddings(pl_module, x)
-        self.buffer.add(trainer, emb, None, torch.as_tensor(y).reshape(-1).to(emb.device))
+        return emb, None, torch.as_tensor(y).reshape(-1).to(emb.device)
 
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._active:
-            return
-        self._active = False
-        data = self.buffer.gather(trainer, pl_module.device)
-        self.buffer.reset()
-        if data["labels"].numel() == 0:
-            return
+    def on_collected(self, trainer: Trainer, pl_module: LightningModule,
+                     data: dict[str, torch.Tensor | None], prefix: str) -> None:
+        """Embed the bank (every rank), score on rank 0, log the same numbers everywhere."""
         bank = self._bank(trainer, pl_module)
-        metrics = None
-        if trainer.is_global_zero:
-            metrics = self.evaluate(data["embeddings"], data["labels"], bank)
-        if trainer.world_size > 1:
-            metrics = trainer.strategy.broadcast(metrics, src=0)
-        for key, value in metrics.items():
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.last_metrics = metrics
+        self.last_metrics = self.log_from_rank_zero(
+            trainer, pl_module, lambda: self.evaluate(data["embeddings"], data["labels"], bank))
 
     def evaluate(self, emb: torch.Tensor, labels: torch.Tensor,
                  bank: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:

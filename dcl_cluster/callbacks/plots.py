@@ -1,8 +1,8 @@
 """Pictures of a clustering that a reader takes in at a glance, with or without a Trainer.
 
 Three figures: the 2-D embedding coloured by class and by cluster, cluster sizes against
-class sizes sorted by class frequency (the long-tail picture), and the Hungarian-matched
-confusion matrix. Plain functions (for benchmarks and notebooks) plus the
+the training class sizes sorted by training frequency (the long-tail picture), and the
+Hungarian-matched confusion matrix. Plain functions (for benchmarks and notebooks) plus the
 :class:`EmbeddingPlots` callback that logs them to W&B / TensorBoard and saves PNGs.
 """
 
@@ -15,12 +15,11 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from dcl_cluster.callbacks.collect import EmbeddingBuffer, batch_embeddings, evaluation_due
-from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
+from dcl_cluster.callbacks.collect import EmbeddingCollector
 from dcl_cluster.cluster import KMeans
 from dcl_cluster.metrics import contingency_table, match_clusters_to_classes
 
@@ -133,18 +132,31 @@ def plot_embedding(points, y_true, y_pred, title: str | None = None,
 
 
 def plot_cluster_sizes(class_counts, cluster_sizes, title: str | None = None,
-                       log: bool = False, class_names: list[str] | None = None) -> Figure:
+                       log: bool = False, class_names: list[str] | None = None,
+                       evaluated_counts=None) -> Figure:
     """Class sizes (sorted, largest first) beside cluster sizes (sorted), as fractions.
 
-    The long-tail picture: if the cluster bars are flatter than the class bars, the
-    clustering split head classes and merged tail ones (METHOD.md 2.1).
+    The long-tail picture: with the training class counts, if the cluster bars are
+    flatter than the class bars the clustering split head classes and merged tail ones
+    (METHOD.md 2.1). When the evaluated set's class sizes are given too, a black line
+    over each class bar marks the class's share of the evaluated set (on a balanced
+    held-out set: flat), the sizes the cluster bars would have under a perfect
+    clustering.
 
     Args:
-        class_counts: Images per class (any order; training or evaluation counts).
+        class_counts: Images per class, indexed by class id (any order): the training
+            counts, or the evaluated set's when they are not known.
         cluster_sizes: Points per cluster (any order, empty clusters included).
         title: Figure title.
         log: Log-scale y axis (for steep tails).
         class_names: Names indexed by class id, shown under the class bars.
+        evaluated_counts: Optional points per class of the evaluated set, indexed by
+            class id like ``class_counts``.
+
+    Examples:
+        >>> fig = plot_cluster_sizes([500, 100, 20], [220, 200, 180], evaluated_counts=[200] * 3)
+        >>> [round(float(bar.get_height()), 3) for bar in fig.axes[0].containers[0]]  # training
+        [0.806, 0.161, 0.032]
     """
     classes = _np(class_counts).astype(float)
     clusters = np.sort(_np(cluster_sizes).astype(float))[::-1]
@@ -161,6 +173,13 @@ def plot_cluster_sizes(class_counts, cluster_sizes, title: str | None = None,
     empty = int((clusters == 0).sum())
     ax.bar(x[: len(cluster_frac)] + width / 2, cluster_frac, width, color="#DD8452",
            label=f"clusters ({len(cluster_frac)}" + (f", {empty} empty)" if empty else ")"))
+    if evaluated_counts is not None:
+        evaluated = np.zeros(len(classes))
+        given = _np(evaluated_counts).astype(float)[: len(classes)]
+        evaluated[: len(given)] = given
+        centres = x[: len(order)] - width / 2
+        ax.hlines(evaluated[order] / max(evaluated.sum(), 1), centres - width / 2,
+                  centres + width / 2, color="black", lw=1.5, label="classes, evaluated set")
     if len(class_frac):
         ax.axhline(1 / len(class_frac), color="grey", lw=0.8, ls=":", label="uniform")
     if n <= 40:
@@ -225,7 +244,8 @@ def plot_confusion_matrix(y_true, y_pred, title: str | None = None,
 
 def clustering_figures(embeddings, y_true, y_pred, max_points: int = 2000,
                        method: str = "tsne", seed: int = 0, title: str = "",
-                       num_clusters: int | None = None) -> dict[str, Figure]:
+                       num_clusters: int | None = None,
+                       class_counts=None) -> dict[str, Figure]:
     """The three figures, keyed ``embedding``, ``cluster_sizes``, ``confusion``.
 
     Args:
@@ -237,6 +257,10 @@ def clustering_figures(embeddings, y_true, y_pred, max_points: int = 2000,
         seed: Seed of the subset and of the 2-D layout.
         title: Prefix of the figure titles.
         num_clusters: Clusters in all (counts empty ones); default ``max(y_pred) + 1``.
+        class_counts: Training images per class (indexed by class id): the class bars
+            of the cluster-size figure, sorted by training frequency, with the
+            evaluated set's class sizes marked over them. Without them the class bars
+            are the evaluated set's class sizes.
 
     Examples:
         >>> figs = clustering_figures(torch.randn(60, 5), torch.arange(60) % 3,
@@ -249,27 +273,39 @@ def clustering_figures(embeddings, y_true, y_pred, max_points: int = 2000,
     idx = np.sort(rng.permutation(len(y_true))[:max_points])
     points = embed_2d(_np(embeddings)[idx], method, seed)
     sizes = np.bincount(y_pred, minlength=num_clusters or 0)
+    evaluated = np.bincount(y_true, minlength=0 if class_counts is None else len(class_counts))
+    if class_counts is None:
+        sizes_figure = plot_cluster_sizes(evaluated, sizes,
+                                          f"{title} cluster vs class sizes".strip())
+    else:
+        sizes_figure = plot_cluster_sizes(class_counts, sizes,
+                                          f"{title} cluster sizes vs training class sizes".strip(),
+                                          evaluated_counts=evaluated)
     return {
         "embedding": plot_embedding(points, y_true[idx], y_pred[idx],
                                     f"{title} {method} of {len(idx)} points".strip()),
-        "cluster_sizes": plot_cluster_sizes(np.bincount(y_true), sizes,
-                                            f"{title} cluster vs class sizes".strip()),
+        "cluster_sizes": sizes_figure,
         "confusion": plot_confusion_matrix(y_true, y_pred,
                                            f"{title} matched confusion matrix".strip()),
     }
 
 
-class EmbeddingPlots(Callback):
+class EmbeddingPlots(EmbeddingCollector):
     """Draw :func:`clustering_figures` of the validation set every ``every_n_epochs``.
 
-    Uses the embeddings and predictions of a :class:`ClusteringEvaluator` found in
-    ``trainer.callbacks`` (plots then come on the epochs where both are due), else
-    collects its own (same protocol) and predicts with the ``cluster_probs`` argmax or
-    k-means (``num_clusters``, default: the number of classes seen). On rank 0 the
-    figures are saved as PNG under ``save_dir`` (default ``trainer.log_dir/plots``),
-    logged with ``logger.log_image`` (W&B) or ``logger.experiment.add_figure``
-    (TensorBoard) for each attached logger that has one, and their paths kept in
-    ``last_files``.
+    Works alone, through the protocol of :mod:`~dcl_cluster.callbacks.collect`: it
+    collects the validation embeddings itself and predicts with the ``cluster_probs``
+    argmax when the module returns them, else with k-means (``num_clusters``, default
+    the number of classes; the same k-means settings and seed as a default
+    :class:`~dcl_cluster.callbacks.ClusteringEvaluator`, so the plotted clusters are the
+    ones it scores). The cluster-size figure compares the clusters with the training
+    class counts: ``class_counts``, else the public ``train_class_counts`` attribute of
+    ``trainer.datamodule`` when present, sorted by training frequency, with the
+    evaluated set's class sizes marked over them; without either, with the evaluated
+    set's class sizes. On rank 0 the figures are saved as PNG under ``save_dir``
+    (default ``trainer.log_dir/plots``), logged with ``logger.log_image`` (W&B) or
+    ``logger.experiment.add_figure`` (TensorBoard) for each attached logger that has
+    one, their paths kept in ``last_files`` and the figures in ``last_figures``.
 
     Args:
         every_n_epochs: Plot on epochs ``n - 1, 2n - 1, ...`` of a fit (always under
@@ -278,71 +314,59 @@ class EmbeddingPlots(Callback):
         method: ``"tsne"``, ``"umap"`` (when installed) or ``"pca"``.
         save_dir: Directory of the PNGs.
         seed: Seed of the subset, t-SNE/UMAP and k-means.
-        num_clusters: k-means clusters when collecting on its own.
+        num_clusters: k-means clusters; default the number of classes.
         prefix: Prefix of the logged image keys.
+        class_counts: Training images per class, indexed by class id; default the
+            datamodule's ``train_class_counts``.
+        kmeans_n_init: k-means seedings.
+        kmeans_metric: ``"euclidean"`` or ``"cosine"`` (spherical k-means).
 
     Examples:
         >>> from lightning.pytorch import Trainer
+        >>> from dcl_cluster.callbacks import ClusteringEvaluator
         >>> cbs = [ClusteringEvaluator(num_clusters=10), EmbeddingPlots(every_n_epochs=5)]
         >>> trainer = Trainer(callbacks=cbs)  # doctest: +SKIP
     """
 
     def __init__(self, every_n_epochs: int = 1, max_points: int = 2000, method: str = "tsne",
                  save_dir: str | None = None, seed: int = 0, num_clusters: int | None = None,
-                 prefix: str = "val/") -> None:
+                 prefix: str = "val/", class_counts: list[int] | None = None,
+                 kmeans_n_init: int = 3, kmeans_metric: str = "euclidean") -> None:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if every_n_epochs < 1 or max_points < 2:
             raise ValueError(f"every_n_epochs must be >= 1 and max_points >= 2, got "
                              f"{every_n_epochs} and {max_points}")
-        self.every_n_epochs = every_n_epochs
+        if num_clusters is not None and num_clusters < 1:
+            raise ValueError(f"num_clusters must be None or >= 1, got {num_clusters}")
+        KMeans(1, n_init=kmeans_n_init, metric=kmeans_metric)  # validates both
+        super().__init__(every_n_epochs, prefix=prefix)
         self.max_points = max_points
         self.method = method
         self.save_dir = save_dir
         self.seed = seed
         self.num_clusters = num_clusters
-        self.prefix = prefix
-        self.buffer = EmbeddingBuffer()
+        self.class_counts = class_counts
+        self.kmeans_n_init = kmeans_n_init
+        self.kmeans_metric = kmeans_metric
         self.last_files: list[str] = []
-        self._evaluator: ClusteringEvaluator | None = None
-        self._active = False
+        self.last_figures: dict[str, Figure] = {}
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        found = [cb for cb in trainer.callbacks if isinstance(cb, ClusteringEvaluator)]
-        self._evaluator = found[0] if found else None
-        if self._evaluator is not None:
-            self._evaluator.keep_outputs = True
-
-    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._active = evaluation_due(trainer, self.every_n_epochs)
-        self.buffer.reset()
-        if self._evaluator is not None:
-            self._evaluator.last_outputs = None
-
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if self._active and self._evaluator is None and dataloader_idx == 0:
-            self.buffer.add(trainer, *batch_embeddings(pl_module, batch, outputs))
-
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._active:
-            return
-        self._active = False
+    def on_collected(self, trainer: Trainer, pl_module: LightningModule,
+                     data: dict[str, torch.Tensor | None], prefix: str) -> None:
+        """Predict, draw and save on rank 0 (every rank asks for the log directory)."""
         out_dir = self.save_dir or os.path.join(
             trainer.log_dir or trainer.default_root_dir, "plots")  # log_dir: all ranks
-        if self._evaluator is not None:
-            outputs = self._evaluator.last_outputs
-        else:
-            data = self.buffer.gather(trainer, pl_module.device)
-            self.buffer.reset()
-            outputs = self._predict(data) if trainer.is_global_zero else None
-        if not trainer.is_global_zero or outputs is None or len(outputs["labels"]) == 0:
+        if not trainer.is_global_zero:
             return
+        datamodule = getattr(trainer, "datamodule", None)
+        counts = self.class_counts or getattr(datamodule, "train_class_counts", None)
+        counts = None if counts is None else [int(c) for c in counts]
+        outputs = self.predict(data, counts, getattr(datamodule, "num_classes", None))
         figures = clustering_figures(outputs["embeddings"], outputs["labels"],
                                      outputs["preds"], self.max_points, self.method,
                                      self.seed, title=f"epoch {trainer.current_epoch}",
-                                     num_clusters=outputs.get("num_clusters"))
+                                     num_clusters=outputs["num_clusters"], class_counts=counts)
         os.makedirs(out_dir, exist_ok=True)
         stage = getattr(trainer.state.fn, "value", trainer.state.fn)
         stem = f"{stage}_epoch{trainer.current_epoch:03d}"
@@ -351,17 +375,25 @@ class EmbeddingPlots(Callback):
             path = os.path.join(out_dir, f"{stem}_{name}.png")
             fig.savefig(path, dpi=110)
             self.last_files.append(path)
-            self._log(trainer, f"{self.prefix}{name}", fig, path)
+            self._log(trainer, f"{prefix}{name}", fig, path)
+        self.last_figures = figures
 
-    def _predict(self, data: dict[str, Any]) -> dict[str, Any] | None:
+    def predict(self, data: dict[str, torch.Tensor | None], class_counts: list[int] | None = None,
+                num_classes: int | None = None) -> dict[str, Any]:
+        """Cluster ids of gathered data: the ``cluster_probs`` argmax, else k-means.
+
+        Returns:
+            ``{"embeddings", "labels", "preds"}`` (CPU tensors) and ``"num_clusters"``.
+        """
         labels, emb, probs = data["labels"], data["embeddings"], data["cluster_probs"]
-        if labels.numel() == 0:
-            return None
         if probs is not None:
             preds, k = probs.argmax(1), probs.shape[1]
         else:
-            k = min(self.num_clusters or int(labels.max()) + 1, emb.shape[0])
-            preds = KMeans(k, seed=self.seed).fit_predict(emb)
+            num_classes = num_classes or (len(class_counts) if class_counts else None)
+            num_classes = num_classes or int(labels.max()) + 1
+            k = min(self.num_clusters or num_classes, emb.shape[0])
+            preds = KMeans(k, n_init=self.kmeans_n_init, seed=self.seed,
+                           metric=self.kmeans_metric).fit_predict(emb)
         return {"embeddings": emb.cpu(), "labels": labels.cpu(), "preds": preds.cpu(),
                 "num_clusters": k}
 

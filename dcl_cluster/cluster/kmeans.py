@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from dcl_cluster.distributed import all_reduce_sum, gather_rows
 from dcl_cluster.cluster.seeding import greedy_kmeans_plusplus
+from dcl_cluster.distributed import all_reduce_sum, gather_rows
 
 _METRICS = ("euclidean", "cosine")
 
