@@ -71,3 +71,10 @@ def test_a_lightning_configuration_conflict_is_one_message(capsys):
     err = _fail(["fit", "--config", str(CONFIGS / "digits_lt.yaml"), "--trainer.enable_progress_bar=false"],
                 capsys, 1)
     assert "error: Trainer was configured with `enable_progress_bar=False`" in err and "Traceback" not in err
+
+
+def test_a_typo_in_a_config_file_suggests_the_nearest_name(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    err = _fail(["fit", "--config", str(config)], capsys, 2)
+    assert "'trainer.max_epoch'" in err and "did you mean --trainer.max_epochs?" in err
