@@ -17,7 +17,7 @@ from dcl_cluster.metrics import clustering_scores
 __all__ = ["collect", "cluster_predictions", "evaluate_clustering", "final_report"]
 
 _COLUMNS = {
-    "nmi": "NMI", "acc": "ACC", "balanced_acc": "bACC", "ari": "ARI",
+    "nmi": "NMI", "acc": "ACC", "balanced_acc": "bACC", "macro_f1": "F1", "ari": "ARI",
     "head_acc": "head", "medium_acc": "medium", "tail_acc": "tail",
 }
 
@@ -96,7 +96,8 @@ def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[
     table = Table(
         title=f"Final clustering scores: {datamodule.num_classes} classes, train class counts "
         f"{max(counts)}..{min(counts)}",
-        caption="ACC: Hungarian-matched accuracy; bACC: its per-class mean; head / medium / tail: "
+        caption="ACC: Hungarian-matched accuracy; bACC: its per-class mean; F1: macro F1 under the "
+        "same map; head / medium / tail: "
         "per-class ACC of the 30% / 40% / 30% most / middle / least frequent training classes. "
         + held_out_caption(getattr(datamodule, "val_class_counts", None), datamodule.class_names),
     )

@@ -18,6 +18,8 @@ EXAMPLES_REQUIRED = [
     "dcl_cluster.losses.contrastive",
     "dcl_cluster.losses.clustering",
     "dcl_cluster.losses.modules",
+    "dcl_cluster.losses.pseudo_labels",
+    "dcl_cluster.losses.scan",
     "dcl_cluster.nn.backbones",
     "dcl_cluster.nn.heads",
     "dcl_cluster.presets",

@@ -261,3 +261,30 @@ def test_plots_and_benchmark_use_the_same_matching_as_the_scores(case):
     plot_map = match_clusters(y, p)
     assert np.mean([plot_map.get(k, -1) == c for k, c in zip(p, y, strict=True)]) == \
         pytest.approx(cluster_accuracy(y, p), abs=1e-12)
+
+
+def test_final_report_table_shows_macro_f1(capsys):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dcl_cluster.report import final_report
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    x = torch.eye(3)[y] * 5 + torch.randn(60, 3, generator=g) * 0.1  # three clean blobs
+    loader = DataLoader(TensorDataset(x, y), batch_size=20)
+    datamodule = SimpleNamespace(
+        num_classes=3, train_class_counts=[30, 20, 10], class_names=["a", "b", "c"],
+        val_class_counts=[20, 20, 20], train_eval_dataloader=lambda: loader,
+        val_dataloader=lambda: loader)
+    trainer = SimpleNamespace(log_dir=None, is_global_zero=True)
+    model = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))
+        model.bias.zero_()
+    report = final_report(trainer, model, datamodule)
+    header = next(line for line in capsys.readouterr().out.splitlines() if "NMI" in line)
+    cells = [c.strip() for c in header.replace("┃", "|").replace("│", "|").split("|") if c.strip()]
+    assert cells[cells.index("bACC") + 1] == "F1"
+    assert report["held-out"]["k-means"]["macro_f1"] == pytest.approx(1.0)
