@@ -53,31 +53,47 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 class RunCheckpoint(ModelCheckpoint):
     """``checkpoints/last.ckpt`` at the end of every training epoch, whatever the validation
-    frequency, and on SIGTERM / Ctrl-C (saying where). Added when the configuration has no
-    ModelCheckpoint of its own (also to ``test`` / ``predict``, where it saves nothing, so that
-    a checkpoint's callback state finds its callback); Lightning's SLURM requeue (SIGUSR1, an hpc checkpoint)
-    is left as it is."""
+    frequency. On SIGTERM or Ctrl-C in the middle of an epoch it also saves the state at the
+    stop as ``interrupted-epoch=E-step=S.ckpt`` and says where both are: ``last.ckpt`` resumes
+    exactly (``--ckpt_path last``), a mid-epoch state does not (Lightning warns so).
+
+    Added when the configuration has no ModelCheckpoint of its own (also to ``test`` and
+    ``predict``, where it saves nothing, so that a checkpoint's callback state finds its
+    callback). Lightning's SLURM requeue (SIGUSR1, an hpc checkpoint) is left as it is.
+    """
 
     def __init__(self, dirpath: str | None = None):
         super().__init__(dirpath=dirpath, filename="last", save_top_k=1, save_on_train_epoch_end=True,
-                         save_on_exception=True, enable_version_counter=False)
+                         enable_version_counter=False)
+        self._saved_step: int | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.best_model_path and Path(self.best_model_path).is_file():
+            self._saved_step = trainer.global_step
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: no monitored score, and a resumed run keeps its own last.ckpt
         (restoring would only warn that the folder changed)."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Save only when interrupted (not on errors, whose state may be broken) and say where."""
+        """On an interruption (not on errors, whose state may be broken): save the state at the
+        stop when it is newer than last.ckpt, and say where both are."""
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit":
             return
-        super().on_exception(trainer, pl_module, exception)
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
-        path = self.best_model_path
-        if path and Path(path).is_file():
-            _say(f"{what}: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-                 f"checkpoint saved to {path}\nresume with: --ckpt_path {path}  (or --ckpt_path last)")
-        else:
-            _say(f"{what}: training stopped before its first step ended; no checkpoint was written")
+        lines = [f"{what}: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"]
+        if trainer.global_step > (self._saved_step or 0) and self.dirpath:
+            stopped = Path(self.dirpath) / f"interrupted-epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt"
+            trainer.save_checkpoint(stopped)
+            lines.append(f"the state at the stop: {stopped} (a mid-epoch resume does not repeat the "
+                         f"uninterrupted run exactly)")
+        if self._saved_step is not None:
+            lines.append(f"last.ckpt, end of the last finished epoch (resumes exactly, --ckpt_path "
+                         f"last): {self.best_model_path}")
+        elif len(lines) == 1:
+            lines.append("no checkpoint: not one training step had finished")
+        _say("\n".join(lines))
 
 
 @rank_zero_only
@@ -267,9 +283,12 @@ class DCLClusterCLI(LightningCLI):
             root = runs_root(config.get("trainer") or {})
             found = find_last_checkpoint(root)
             if found is None:
+                stopped = sorted(Path(root).glob("**/interrupted-*.ckpt"), key=lambda p: p.stat().st_mtime)
+                hint = (f"; the newest state saved at a stop is {stopped[-1]}: pass it as --ckpt_path"
+                        if stopped else "")
                 raise FileNotFoundError(
                     f"--ckpt_path last: no run under {str(root)!r} has a last.ckpt to resume (the "
-                    f"logger's save_dir/name, or trainer.default_root_dir); start without "
+                    f"logger's save_dir/name, or trainer.default_root_dir){hint}; start without "
                     f"--ckpt_path, or pass the path of a .ckpt file")
             _say(f"resuming from {found}")
             ckpt_path = found

@@ -68,29 +68,47 @@ def test_ckpt_path_last_without_a_run_is_an_error_not_a_fresh_start(tmp_path, ca
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
-def test_sigterm_saves_a_checkpoint_says_where_and_exits_143(tmp_path, capsys):
+def test_sigterm_at_an_epoch_end_keeps_last_ckpt_says_where_and_exits_143(tmp_path, capsys):
+    # one batch an epoch: the stop lands on an epoch end, whose last.ckpt is the state at the stop
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
         _fit(tmp_path, "--trainer.max_epochs=50", "--trainer.callbacks+=test_cli_checkpoints.StopWith")
     assert exit_info.value.code == 143 and signal.getsignal(signal.SIGTERM) == before
-    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
+    folder = tmp_path / "runs" / "version_0" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
     err = capsys.readouterr().err
-    assert f"SIGTERM: training stopped at epoch" in err and f"checkpoint saved to {last}" in err
+    assert "SIGTERM: training stopped at epoch 2, step 2" in err and f"--ckpt_path last): {folder / 'last.ckpt'}" in err
 
 
-def test_ctrl_c_saves_a_checkpoint_says_where_and_exits_non_zero(tmp_path, capsys):
+def test_sigterm_mid_epoch_also_saves_the_state_at_the_stop(tmp_path, capsys):
+    # three batches an epoch: step 4 is the first batch of epoch 1
+    with pytest.raises(SystemExit) as exit_info:
+        _fit(tmp_path, "--trainer.max_epochs=50", "--trainer.limit_train_batches=3",
+             "--trainer.callbacks+=test_cli_checkpoints.StopWith", "--trainer.callbacks.step=4")
+    assert exit_info.value.code == 143
+    folder = tmp_path / "runs" / "version_0" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3      # end of epoch 0
+    stopped = folder / "interrupted-epoch=1-step=4.ckpt"
+    assert torch.load(stopped, weights_only=True)["global_step"] == 4
+    err = capsys.readouterr().err
+    assert "SIGTERM: training stopped at epoch 1, step 4" in err and f"the state at the stop: {stopped}" in err
+    assert f"resumes exactly, --ckpt_path last): {folder / 'last.ckpt'}" in err
+
+
+def test_ctrl_c_mid_epoch_saves_says_where_and_exits_non_zero(tmp_path, capsys):
     sigint = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as exit_info:
-            _fit(tmp_path, "--trainer.max_epochs=50", "--trainer.callbacks+=test_cli_checkpoints.StopWith",
-                 "--trainer.callbacks.how=ctrl-c")
+            _fit(tmp_path, "--trainer.max_epochs=50", "--trainer.limit_train_batches=3",
+                 "--trainer.callbacks+=test_cli_checkpoints.StopWith", "--trainer.callbacks.how=ctrl-c")
     finally:
         signal.signal(signal.SIGINT, sigint)     # Lightning ignores further Ctrl-C while it shuts down
     assert exit_info.value.code not in (0, None)
-    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 2
-    assert f"Ctrl-C: training stopped at epoch" in capsys.readouterr().err
+    stopped = tmp_path / "runs" / "version_0" / "checkpoints" / "interrupted-epoch=0-step=2.ckpt"
+    assert torch.load(stopped, weights_only=True)["global_step"] == 2
+    err = capsys.readouterr().err
+    assert "Ctrl-C: training stopped at epoch 0, step 2" in err and str(stopped) in err
 
 
 @pytest.fixture
