@@ -277,7 +277,7 @@ class DCLClusterCLI(LightningCLI):
     @staticmethod
     def _resolve_ckpt_path(config) -> None:
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path is None or ckpt_path == "hpc":
+        if ckpt_path is None or ckpt_path in ("hpc", "best"):  # Lightning's own names
             return
         if ckpt_path == "last":
             root = runs_root(config.get("trainer") or {})
@@ -298,7 +298,8 @@ class DCLClusterCLI(LightningCLI):
         config = self._subcommand_config()
         if config.get("report", True) and not self.trainer.interrupted:
             final_report(self.trainer, self.model, self.datamodule)
-        saved = [c.last_model_path or c.best_model_path for c in self.trainer.checkpoint_callbacks]
+        saved = [c.best_model_path if isinstance(c, RunCheckpoint) else c.last_model_path
+                 for c in self.trainer.checkpoint_callbacks]
         saved = [p for p in saved if p and Path(p).is_file()]
         if saved:
             _say("last checkpoint: " + ", ".join(saved))

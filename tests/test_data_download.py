@@ -8,8 +8,7 @@ import threading
 import pytest
 import torchvision
 
-from dcl_cluster.data import DownloadError, LongTailDataModule
-from dcl_cluster.data import sources
+from dcl_cluster.data import DownloadError, LongTailDataModule, sources
 
 
 @pytest.fixture
