@@ -154,6 +154,9 @@ def remove_empty_run_folder(trainer) -> None:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+        parent = Path(folder).parent  # the logger's save_dir/name, when this was its only run
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def _version_number(path: Path) -> int:

@@ -55,7 +55,7 @@ def test_a_data_error_in_setup_leaves_no_empty_run_folder(tmp_path, capsys):
     err = _fail(["fit", "--data.dataset=image_folder", f"--data.data_dir={tmp_path / 'absent'}",
                  f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu"], capsys, 1)
     assert f"no data found under '{tmp_path / 'absent'}'" in err and "Traceback" not in err
-    assert not list(tmp_path.rglob("version_*"))
+    assert not list(tmp_path.rglob("version_*")) and not (tmp_path / "lightning_logs").exists()
 
 
 def test_the_default_config_logs_within_an_epoch():
