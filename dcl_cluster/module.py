@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -291,18 +292,26 @@ class DebiasedClusterModule(pl.LightningModule):
             return 0.0
         return min(1.0, max(0.0, (self.global_step - start) / (total - start)))
 
-    def _view_names(self, count: int) -> list[str]:
-        names = ["a", "b"] + self.extra_views
-        if count == len(names):
-            return names
-        if count == 3 and not self.extra_views:  # a clean view nobody asked for: computed, unused
-            return ["a", "b", "clean"]
-        raise ValueError(f"a training batch needs {len(names)} views ({', '.join(names)}), got {count}")
+    def _named_views(self, views: Any) -> tuple[list[str], list[Tensor]]:
+        """``(names, tensors)`` of a batch's views: a dict keeps its keys; a list is ``[a, b]``
+        plus the first of the extra views the terms need, in the order clean, neighbor, strong."""
+        if isinstance(views, Mapping):
+            if not {"a", "b"} <= set(views):
+                raise ValueError(f"a training batch's views need the keys 'a' and 'b', got {list(views)}")
+            return list(views), list(views.values())
+        views = list(views)
+        # a list serves the extra views in this order, those switched on so far (a clean view
+        # nobody asked for is computed, unused)
+        order = self.extra_views or ["clean"]
+        if 2 <= len(views) <= 2 + len(order):
+            return ["a", "b"] + order[: len(views) - 2], views
+        raise ValueError(f"a training batch needs 2 to {2 + len(order)} views (a, b, {', '.join(order)}), "
+                         f"got {len(views)}")
 
-    def shared_step(self, views: list[Tensor], index: Tensor | None = None) -> StepOutputs:
+    def shared_step(self, views: Any, index: Tensor | None = None) -> StepOutputs:
         """One backbone forward for all views, then the projector and the cluster head; the
         projections and head outputs gathered across processes in one collective."""
-        names = self._view_names(len(views))
+        names, views = self._named_views(views)
         n = views[0].shape[0]
         h = self(torch.cat(views))  # (V*B, F)
         z = self.projector(h[: 2 * n])  # (2B, projection_dim)
@@ -316,7 +325,8 @@ class DebiasedClusterModule(pl.LightningModule):
         h_clean = h[names.index("clean") * n:][:n] if "clean" in names else None
         out = StepOutputs(z_a=parts[0], z_b=parts[1], h_a=h[:n], h_b=h[n: 2 * n], h_clean=h_clean,
                           cluster_prior=self.cluster_prior if self.cluster_head is not None else None,
-                          progress=self.clustering_progress(), index=index)
+                          progress=self.clustering_progress(), index=index, epoch=self.current_epoch,
+                          views=tuple(names))
         for name, logit in zip(names, parts[2:], strict=False):
             out.logits[name] = logit
             out.q[name] = torch.softmax(logit, dim=1)
@@ -330,11 +340,18 @@ class DebiasedClusterModule(pl.LightningModule):
                 needs = term.needs()
                 if (needs.clustering and not step.clustering) or (needs.warmup and step.clustering):
                     continue
+                if not term.active(step):
+                    continue
+                missing = [v for v in needs.views if v not in step.views]
+                if missing:
+                    raise ValueError(f"{type(term).__name__} needs the view(s) {missing}, which this batch lacks "
+                                     f"(it has {list(step.views)}): the datamodule must serve them "
+                                     "(LongTailDataModule does when the module asks at setup)")
                 terms[term.name] = (float(term.weight), term(step))
         return terms
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        views = list(batch[0])
+        views = batch[0]
         index = batch[2] if len(batch) > 2 else None
         step = self.shared_step(views, index)
         terms = self.loss_terms(step)
@@ -348,8 +365,9 @@ class DebiasedClusterModule(pl.LightningModule):
         if step.clustering:
             self._update_cluster_prior(torch.cat([step.q["a"], step.q["b"]]).detach(), gathered=self._gathers())
         extra = {k: v for term in self.objectives for k, v in term.logs().items()}
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(views[0]))
-        self.log_dict(step_metrics(terms, extra, step.cluster_prior), batch_size=len(views[0]))
+        batch_size = len(step.z_a)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict(step_metrics(terms, extra, step.cluster_prior), batch_size=batch_size)
         return loss
 
     def _gathers(self) -> bool:

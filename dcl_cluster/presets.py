@@ -17,7 +17,9 @@ from dcl_cluster.objectives import (
     DECClustering,
     InfoNCE,
     Objective,
+    ConfidentSelfLabel,
     P2OTPseudoLabels,
+    SCANConsistency,
     WarmupOnly,
 )
 
@@ -43,6 +45,12 @@ PRESETS: dict[str, Callable[[], list[Objective]]] = {
     "p2ot": lambda: [DebiasedContrastive(tau_plus="cluster_prior"), P2OTPseudoLabels()],
     # P²OT as its paper trains it: its term alone once the (contrastive) warm-up is over.
     "p2ot_alone": lambda: [WarmupOnly(DebiasedContrastive(tau_plus=0.1)), P2OTPseudoLabels()],
+    # SCAN on this package's warm-up: InfoNCE as the pretext, then neighbour consistency for the
+    # first half of the clustering phase and confident self-labelling for the second.
+    "scan": lambda: [WarmupOnly(InfoNCE()), SCANConsistency(stop=0.5), ConfidentSelfLabel(start=0.5)],
+    # SCAN with the long-tail form: KL of the mean assignment to the estimated cluster prior.
+    "scan_prior": lambda: [WarmupOnly(InfoNCE()), SCANConsistency(prior="cluster_prior", stop=0.5),
+                           ConfidentSelfLabel(start=0.5)],
 }
 
 
@@ -55,7 +63,9 @@ def preset(name: str) -> dict[str, Any]:
     2109.12714); ``dcl_cluster``: the debiased loss with a per-anchor cluster-prior ``tau+``
     and DEC (Xie et al., ICML 2016) toward prior-matched targets, plus the anchor loss;
     ``p2ot``: the debiased loss beside P²OT's pseudo-labels (Zhang et al., ICLR 2024);
-    ``p2ot_alone``: P²OT's term alone after a debiased contrastive warm-up.
+    ``p2ot_alone``: P²OT's term alone after a debiased contrastive warm-up; ``scan``: SCAN's
+    neighbour consistency then self-labelling after an InfoNCE warm-up (Van Gansbeke et al.,
+    ECCV 2020); ``scan_prior``: the same with the KL-to-prior form for long tails.
 
     Args:
         name: One of :data:`PRESETS`.
@@ -71,7 +81,7 @@ def preset(name: str) -> dict[str, Any]:
         >>> [type(term).__name__ for term in preset("dcl_cluster")["objectives"]]
         ['DebiasedContrastive', 'DECClustering', 'AnchorConsistency']
         >>> sorted(PRESETS)
-        ['cc', 'dcl', 'dcl_cluster', 'p2ot', 'p2ot_alone', 'sic', 'simclr']
+        ['cc', 'dcl', 'dcl_cluster', 'p2ot', 'p2ot_alone', 'scan', 'scan_prior', 'sic', 'simclr']
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")

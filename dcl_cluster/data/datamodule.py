@@ -43,6 +43,7 @@ from dcl_cluster.data.transforms import (
     ViewCollate,
     eval_transform,
     geometric_transform,
+    strong_transform,
     resolve_preset,
 )
 
@@ -379,22 +380,47 @@ class LongTailDataModule(LightningDataModule):
         """Same batches as :meth:`test_dataloader`."""
         return self.test_dataloader()
 
+    #: the extra views this datamodule can serve, beyond the two augmented ones
+    VIEWS = ("clean", "neighbor", "strong")
+
     def require_views(self, views) -> None:
         """Serve the extra views an objective needs; ``DebiasedClusterModule`` calls this at
         ``setup`` with what its terms declare, so a method config needs no data flag.
-        ``"clean"`` turns ``clean_view`` on (after :meth:`setup` too).
+        ``"clean"`` turns ``clean_view`` on; ``"neighbor"`` and ``"strong"`` are served once
+        :meth:`set_neighbors` / :meth:`serve_strong_view` switch them on (SCAN, METHOD.md 2.6).
 
         Raises:
-            ValueError: a view this datamodule cannot serve.
+            ValueError: a view this datamodule cannot serve, or a neighbour / strong view with
+                persistent workers (their dataset copies would not see the switch).
         """
-        unsupported = [v for v in views if v != "clean"]
+        unsupported = [v for v in views if v not in self.VIEWS]
         if unsupported:
-            raise ValueError(f"the objective needs the view(s) {unsupported}, which LongTailDataModule "
-                             "does not serve (it serves 'clean')")
-        if "clean" in views and not self.hparams.clean_view:
-            self.hparams.clean_view = True
+            raise ValueError(f"the objective needs the view(s) {unsupported}; LongTailDataModule serves "
+                             f"{list(self.VIEWS)}")
+        hp = self.hparams
+        if {"neighbor", "strong"} & set(views) and hp.persistent_workers and hp.num_workers > 0:
+            raise ValueError("the objective switches views on during training (nearest neighbours, the strong "
+                             "view): set persistent_workers=False so each epoch's workers see them")
+        if "clean" in views and not hp.clean_view:
+            hp.clean_view = True
             if getattr(self, "train_dataset", None) is not None:
                 self.train_dataset.clean = self.train_eval_dataset.transform
+
+    def set_neighbors(self, neighbors) -> None:
+        """Serve each training image with an augmented view of one of its nearest neighbours,
+        drawn per image and epoch from row ``i`` of ``neighbors`` ``(N, k)``, indices into the
+        long-tailed training set (the order of :meth:`train_eval_dataloader`)."""
+        self._require_setup()
+        table = np.asarray(torch.as_tensor(neighbors).cpu().numpy(), dtype=np.int64)
+        n = len(self.train_eval_dataset)
+        if table.ndim != 2 or table.shape[0] != n or table.shape[1] < 1 or table.min() < 0 or table.max() >= n:
+            raise ValueError(f"neighbors must be a ({n}, k) table of indices in [0, {n}), got shape {table.shape}")
+        self.train_dataset.neighbors = table
+
+    def serve_strong_view(self, on: bool = True) -> None:
+        """Serve (or stop serving) the strong view: RandAugment + cutout, as SCAN's self-labelling."""
+        self._require_setup()
+        self.train_dataset.strong = strong_transform(self.view_preset, self.image_size) if on else None
 
     # ---------------------------------------------------------------- checkpoint
 

@@ -89,17 +89,25 @@ def augmentation_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class ViewDataset(Dataset):
-    """``i -> ([view_a, view_b(, clean)], y, i)``, views uint8 ``(C, S, S)``.
+    """``i -> (views, y, i, seed)``: ``views = [view_a, view_b(, clean)]``, uint8 ``(C, S, S)``,
+    or, once a neighbour table or the strong view is on, a dict keyed ``"a"``, ``"b"``,
+    ``"clean"``, ``"neighbor"``, ``"strong"``.
 
     Indexed by ``(i, seed)`` pairs (what :class:`SeededEpochSampler` yields), the random
-    views are drawn under ``seed`` and the seed is passed on for the batch's photometric
-    augmentation; indexed by a plain ``i``, they use the global random state.
+    views (and which neighbour is drawn) follow ``seed`` and the seed is passed on for the
+    batch's photometric augmentation; indexed by a plain ``i``, they use the global random state.
 
     Args:
         images: a store from :func:`image_store`.
         labels: int64 labels (``-1`` for unlabelled images).
         view: the per-image random (geometric) transform.
         clean: the deterministic transform; when given, its output is appended last.
+
+    Attributes:
+        neighbors: ``(N, k)`` indices of each image's nearest neighbours (SCAN, METHOD.md 2.6)
+            or ``None``; when set, a random neighbour's augmented view comes as ``"neighbor"``.
+        strong: the strong per-image transform (RandAugment + cutout) or ``None``; when set,
+            the ``"strong"`` view comes too.
     """
 
     def __init__(self, images, labels: np.ndarray, view: Callable,
@@ -108,6 +116,8 @@ class ViewDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
         self.view, self.clean = view, clean
+        self.neighbors: np.ndarray | None = None
+        self.strong: Callable | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,10 +127,19 @@ class ViewDataset(Dataset):
         img = self.images[i]
         with seeded(seed):
             views = [self.view(img), self.view(img)]
+            named = {}
+            if self.neighbors is not None:  # an image past the table (unlabelled extras) is its own neighbour
+                row = self.neighbors[i] if i < len(self.neighbors) else np.array([i])
+                j = int(row[int(torch.randint(len(row), ()))])
+                named["neighbor"] = self.view(self.images[j])
+            if self.strong is not None:
+                named["strong"] = self.strong(img)
         if self.clean is not None:
             views.append(self.clean(img))
+        if named:
+            views = {"a": views[0], "b": views[1], **({"clean": views[2]} if self.clean is not None else {}),
+                     **named}
         return views, int(self.labels[i]), i, seed
-
 
 
 class EvalDataset(Dataset):

@@ -331,10 +331,12 @@ def seeded(seed: int | None):
 
 
 class ViewCollate:
-    """Collate ``(views_uint8, y, index)`` samples into ``([x_a, x_b(, x_clean)], y, index)``.
+    """Collate ``(views_uint8, y, index)`` samples into ``([x_a, x_b(, x_clean)], y, index)``,
+    or ``({"a", "b", ...}, y, index)`` when the samples carry named views.
 
-    The first ``num_augmented`` views get the batched photometric augmentation; every view
-    is normalised. Picklable, so it runs inside DataLoader workers.
+    The augmented views (the first ``num_augmented``, and a ``"neighbor"``) get the batched
+    photometric augmentation; every view is normalised. Picklable, so it runs inside
+    DataLoader workers.
     """
 
     def __init__(self, photometric: BatchPhotometric, normalize: Normalize, num_augmented: int = 2):
@@ -344,15 +346,26 @@ class ViewCollate:
 
     def __call__(self, samples):
         views, ys, idx, seeds = zip(*samples, strict=True)
-        out = []
+        named = isinstance(views[0], dict)
+        keys = list(views[0]) if named else list(range(len(views[0])))
+        augmented = set(keys[: self.num_augmented]) | {"neighbor"}
+        out = {}
         batch_seed = None if seeds[0] is None else int(np.random.SeedSequence(seeds).generate_state(1)[0])
         with single_threaded(), seeded(batch_seed):
-            for k in range(len(views[0])):
+            for k in keys:
                 x = self.normalize.to_unit(torch.stack([v[k] for v in views]))  # (B, C, S, S)
-                if k < self.num_augmented:
+                if k in augmented:
                     x = self.photometric(x)
-                out.append(self.normalize(x))
-        return out, torch.as_tensor(ys, dtype=torch.int64), torch.as_tensor(idx, dtype=torch.int64)
+                out[k] = self.normalize(x)
+        batch = out if named else list(out.values())
+        return batch, torch.as_tensor(ys, dtype=torch.int64), torch.as_tensor(idx, dtype=torch.int64)
+
+
+def strong_transform(preset: ViewPreset, image_size: int) -> v2.Compose:
+    """SCAN's strong view (METHOD.md 2.6): the geometric view, then RandAugment (4 ops) and a
+    cutout of half the image side, on uint8 ``(C, H, W)``."""
+    return v2.Compose([geometric_transform(preset, image_size), v2.RandAugment(num_ops=4),
+                       v2.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0)])
 
 
 class EvalCollate:

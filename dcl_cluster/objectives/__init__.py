@@ -15,6 +15,7 @@ from dcl_cluster.objectives.base import Needs, Objective, apply_term_settings, b
 from dcl_cluster.objectives.clustering import AnchorConsistency, ClusterContrastive, DECClustering
 from dcl_cluster.objectives.contrastive import DebiasedContrastive, HardNegativeContrastive, InfoNCE
 from dcl_cluster.objectives.pseudo_labels import P2OTPseudoLabels
+from dcl_cluster.objectives.scan import ConfidentSelfLabel, SCANConsistency
 from dcl_cluster.objectives.schedule import WarmupOnly
 from dcl_cluster.objectives.step import StepOutputs
 
@@ -32,4 +33,6 @@ __all__ = [
     "ClusterContrastive",
     "P2OTPseudoLabels",
     "WarmupOnly",
+    "SCANConsistency",
+    "ConfidentSelfLabel",
 ]

@@ -116,6 +116,10 @@ class Objective(nn.Module):
         """Raise ``ValueError`` naming the first setting out of range (extend in subclasses)."""
         check_weight(self.weight)
 
+    def active(self, step: Any) -> bool:
+        """Whether the term runs on this step (beyond its :class:`Needs`); default always."""
+        return True
+
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
 

@@ -55,5 +55,8 @@ class WarmupOnly(Objective):
     def logs(self) -> dict[str, Tensor | float]:
         return self.term.logs()
 
+    def active(self, step: StepOutputs) -> bool:
+        return self.term.active(step)
+
     def forward(self, step: StepOutputs) -> Tensor:
         return self.term.weight * self.term(step)

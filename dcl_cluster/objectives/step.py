@@ -31,6 +31,8 @@ class StepOutputs:
         cluster_prior: The running cluster-size estimate ``(K,)``, or ``None`` without a head.
         progress: Fraction of the clustering phase done, in ``[0, 1]`` (0 in the warm-up).
         index: Dataset indices of this process's batch, or ``None``.
+        epoch: The training epoch.
+        views: The names of the views in this batch (``"a"``, ``"b"``, ...).
     """
 
     z_a: Tensor
@@ -43,6 +45,8 @@ class StepOutputs:
     cluster_prior: Tensor | None = None
     progress: float = 0.0
     index: Tensor | None = None
+    epoch: int = 0
+    views: tuple[str, ...] = ("a", "b")
 
     @property
     def clustering(self) -> bool:

@@ -1,0 +1,214 @@
+"""SCAN's two clustering stages as terms (METHOD.md 2.6): neighbour consistency over mined
+nearest neighbours, then confident self-labelling on a strong view; over
+:func:`~dcl_cluster.losses.scan_loss` and :func:`~dcl_cluster.losses.confident_self_label_loss`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcl_cluster.losses.scan import confident_self_label_loss, scan_loss
+from dcl_cluster.objectives.base import Needs, Objective
+from dcl_cluster.objectives.step import StepOutputs
+
+__all__ = ["SCANConsistency", "ConfidentSelfLabel", "nearest_neighbors", "clustering_epoch_share"]
+
+PRIORS = ("uniform", "cluster_prior")
+
+
+@torch.no_grad()
+def nearest_neighbors(features: Tensor, k: int, chunk_size: int = 4096) -> Tensor:
+    """Indices ``(N, k)`` of each row's ``k`` nearest other rows by cosine similarity.
+
+    Examples:
+        >>> x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> nearest_neighbors(x, 1).flatten().tolist()
+        [1, 0, 3, 2]
+    """
+    n = features.shape[0]
+    if not isinstance(k, int) or not 1 <= k < n:
+        raise ValueError(f"num_neighbors must be an integer in [1, {n - 1}] (the training images minus one), "
+                         f"got {k!r}")
+    f = F.normalize(features.float(), dim=1)
+    out = []
+    for start in range(0, n, chunk_size):
+        sim = f[start: start + chunk_size] @ f.t()  # (chunk, N)
+        rows = torch.arange(start, min(start + chunk_size, n), device=f.device)
+        sim[rows - start, rows] = -math.inf  # not its own neighbour
+        out.append(sim.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def clustering_epoch_share(module: nn.Module) -> float | None:
+    """The share of the clustering phase done at the start of this epoch (``None`` in the warm-up)."""
+    warmup, epoch = module.hparams.warmup_epochs, module.current_epoch
+    max_epochs = module.trainer.max_epochs
+    if epoch < warmup:
+        return None
+    if max_epochs in (None, -1) or max_epochs <= warmup:
+        return 0.0
+    return (epoch - warmup) / (max_epochs - warmup)
+
+
+class SCANConsistency(Objective):
+    """SCAN's neighbour consistency (Van Gansbeke et al., ECCV 2020; METHOD.md 2.6): an image
+    and a random one of its ``num_neighbors`` nearest neighbours (cosine similarity of the
+    un-augmented training images' backbone features) should fall in the same cluster, minus
+    ``entropy_weight`` times the entropy of the mean assignment; with ``prior="cluster_prior"``
+    that entropy becomes ``KL(mean assignment || pi)`` toward the running cluster-size
+    estimate (the long-tail form).
+
+    Neighbours are mined at the start of the clustering phase and every ``mine_every`` epochs
+    (0: once), identically on every process (rank 0's table is broadcast), kept in a buffer
+    (so a resumed run draws the same neighbours) and handed to the datamodule
+    (``set_neighbors``), which serves each image with an augmented neighbour as the
+    ``"neighbor"`` view. The anchor is the first augmented view.
+
+    Args:
+        weight: Weight in the sum.
+        entropy_weight: ``w_ent >= 0`` (5 in SCAN's CIFAR configs).
+        prior: ``"uniform"`` (SCAN's entropy) or ``"cluster_prior"`` (KL to the estimated prior).
+        num_neighbors: ``k`` nearest neighbours per image (20 in SCAN).
+        mine_every: Re-mine every this many epochs of the clustering phase; 0 mines once.
+        stop: Stop at this share of the clustering phase (``(0, 1]``; SCAN's self-labelling
+            stage then trains alone).
+
+    Examples:
+        >>> from dcl_cluster.objectives import StepOutputs
+        >>> la, ln = torch.randn(8, 3), torch.randn(8, 3)
+        >>> step = StepOutputs(torch.randn(8, 4), torch.randn(8, 4), logits={"a": la, "neighbor": ln})
+        >>> bool(torch.isfinite(SCANConsistency()(step)))
+        True
+    """
+
+    name = "scan"
+
+    def __init__(self, weight: float = 1.0, entropy_weight: float = 5.0, prior: str = "uniform",
+                 num_neighbors: int = 20, mine_every: int = 0, stop: float = 1.0) -> None:
+        super().__init__(weight)
+        self.entropy_weight = entropy_weight
+        self.prior = prior
+        self.num_neighbors = num_neighbors
+        self.mine_every = mine_every
+        self.stop = stop
+        self.register_buffer("neighbors", torch.empty(0, 0, dtype=torch.long))
+        self.register_buffer("mined_epoch", torch.tensor(-1))
+        self._active = True
+
+    def check(self) -> None:
+        super().check()
+        if isinstance(self.entropy_weight, bool) or not isinstance(self.entropy_weight, (int, float)) \
+                or not math.isfinite(self.entropy_weight) or self.entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be a finite number >= 0, got {self.entropy_weight!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if isinstance(self.num_neighbors, bool) or not isinstance(self.num_neighbors, int) or self.num_neighbors < 1:
+            raise ValueError(f"num_neighbors must be an integer >= 1, got {self.num_neighbors!r}")
+        if isinstance(self.mine_every, bool) or not isinstance(self.mine_every, int) or self.mine_every < 0:
+            raise ValueError(f"mine_every must be an integer >= 0, got {self.mine_every!r}")
+        if not isinstance(self.stop, (int, float)) or not 0 < self.stop <= 1:
+            raise ValueError(f"stop must be in (0, 1], got {self.stop!r}")
+
+    def needs(self) -> Needs:
+        return Needs(views=("neighbor",), head=("cosine", "softmax"), prior=self.prior == "cluster_prior",
+                     clustering=True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # the table's size comes with it
+        saved = state_dict.get(prefix + "neighbors")
+        if saved is not None:
+            self.neighbors = torch.empty_like(saved, device=self.neighbors.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def on_train_epoch_start(self, module: nn.Module) -> None:
+        share = clustering_epoch_share(module)
+        head = module.cluster_head
+        if share is None or head is None or not head.ready:
+            return
+        self._active = share < self.stop
+        epoch = module.current_epoch
+        mined = int(self.mined_epoch)
+        due = mined < 0 or (self.mine_every > 0 and epoch - mined >= self.mine_every)
+        dm = getattr(module.trainer, "datamodule", None)
+        if due and self._active:
+            if dm is None or not hasattr(dm, "train_eval_dataloader"):
+                raise ValueError("SCAN mines neighbours on the un-augmented training images: train with a datamodule "
+                                 "that has train_eval_dataloader() (LongTailDataModule does)")
+            table = nearest_neighbors(module.embed_loader(dm.train_eval_dataloader()), self.num_neighbors)
+            table = table.to(module.device)
+            if module.trainer.world_size > 1:  # rank 0's table everywhere
+                table = module.trainer.strategy.broadcast(table, src=0)
+            self.neighbors = table.to(self.neighbors.device)
+            self.mined_epoch.fill_(epoch)
+        if self.neighbors.numel() and dm is not None and hasattr(dm, "set_neighbors"):
+            dm.set_neighbors(self.neighbors)
+
+    def active(self, step: StepOutputs) -> bool:
+        return self._active
+
+    def forward(self, step: StepOutputs) -> Tensor:
+        prior = None
+        if self.prior == "cluster_prior":
+            pi = step.cluster_prior.float().clamp_min(1e-6)
+            prior = pi / pi.sum()
+        return scan_loss(step.logits["a"], step.logits["neighbor"], self.entropy_weight, prior)
+
+
+class ConfidentSelfLabel(Objective):
+    """SCAN's self-labelling (METHOD.md 2.6, stage 3): where the un-augmented image's
+    prediction is confident (``max_k P > threshold``), cross-entropy of the strong view's
+    logits against that argmax, classes weighted by ``1 / share`` among the confident.
+
+    The weak view is the clean (un-augmented) image: the weakest augmentation there is. It
+    switches on at ``start``, a share of the clustering phase, and from that epoch on asks
+    the datamodule for the strong view (``serve_strong_view``: RandAugment + cutout).
+
+    Args:
+        weight: Weight in the sum.
+        threshold: Confidence in ``(0, 1)`` (0.99 in SCAN).
+        class_balance: Weight classes by the inverse of their share among confident images.
+        start: Share of the clustering phase at which it starts, in ``[0, 1)``.
+
+    Examples:
+        >>> from dcl_cluster.objectives import StepOutputs
+        >>> weak, strong = 10 * torch.eye(4), torch.randn(4, 4)
+        >>> step = StepOutputs(torch.randn(4, 2), torch.randn(4, 2), logits={"clean": weak, "strong": strong})
+        >>> bool(ConfidentSelfLabel()(step) > 0)
+        True
+    """
+
+    name = "self_label"
+
+    def __init__(self, weight: float = 1.0, threshold: float = 0.99, class_balance: bool = True,
+                 start: float = 0.5) -> None:
+        super().__init__(weight)
+        self.threshold = threshold
+        self.class_balance = class_balance
+        self.start = start
+        self._active = True
+
+    def check(self) -> None:
+        super().check()
+        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.start, (int, float)) or not 0 <= self.start < 1:
+            raise ValueError(f"start must be in [0, 1), got {self.start!r}")
+
+    def needs(self) -> Needs:
+        return Needs(views=("clean", "strong"), head=("cosine", "softmax"), clustering=True)
+
+    def on_train_epoch_start(self, module: nn.Module) -> None:
+        share = clustering_epoch_share(module)
+        self._active = share is not None and share >= self.start
+        dm = getattr(module.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "serve_strong_view"):
+            dm.serve_strong_view(self._active)
+
+    def active(self, step: StepOutputs) -> bool:
+        return self._active
+
+    def forward(self, step: StepOutputs) -> Tensor:
+        return confident_self_label_loss(step.logits["clean"], step.logits["strong"], self.threshold,
+                                         self.class_balance)

@@ -1,0 +1,138 @@
+"""SCAN as terms (METHOD.md 2.6): neighbours mined by cosine similarity as a plain loop finds
+them, the datamodule serving a neighbour's view and the strong view, the terms being the loss
+functions, exact resume with the neighbour table in the checkpoint, and clear errors."""
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from dcl_cluster import DebiasedClusterModule, LongTailDataModule
+from dcl_cluster.losses import confident_self_label_loss, scan_loss
+from dcl_cluster.objectives import ConfidentSelfLabel, InfoNCE, SCANConsistency, StepOutputs
+from dcl_cluster.objectives.scan import nearest_neighbors
+
+SMALL = dict(backbone_width=4, projection_hidden_dim=32, projection_dim=16)
+
+
+@pytest.mark.parametrize("n, d, k", [(9, 3, 1), (30, 5, 4), (50, 8, 7)])
+def test_nearest_neighbors_are_the_cosine_nearest_as_a_loop_finds_them(n, d, k):
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    got = nearest_neighbors(x, k, chunk_size=7)
+    for i in range(n):
+        sims = []
+        for j in range(n):
+            if j != i:
+                dot = sum(float(x[i, c] * x[j, c]) for c in range(d))
+                norm = (sum(float(v) ** 2 for v in x[i]) * sum(float(v) ** 2 for v in x[j])) ** 0.5
+                sims.append((dot / norm, j))
+        expected = {j for _, j in sorted(sims, reverse=True)[:k]}
+        assert set(got[i].tolist()) == expected
+
+
+def test_the_terms_are_the_loss_functions():
+    g = torch.Generator().manual_seed(0)
+    logits = {v: torch.randn(8, 4, generator=g) for v in ("a", "neighbor", "clean", "strong")}
+    step = StepOutputs(torch.randn(8, 2), torch.randn(8, 2), logits=logits,
+                       cluster_prior=torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    torch.testing.assert_close(SCANConsistency(entropy_weight=3.0)(step),
+                               scan_loss(logits["a"], logits["neighbor"], 3.0))
+    torch.testing.assert_close(SCANConsistency(prior="cluster_prior")(step),
+                               scan_loss(logits["a"], logits["neighbor"], 5.0, step.cluster_prior))
+    torch.testing.assert_close(ConfidentSelfLabel(threshold=0.5)(step),
+                               confident_self_label_loss(logits["clean"], logits["strong"], 0.5))
+
+
+def digits(**kwargs):
+    return LongTailDataModule("digits", imbalance_factor=10, batch_size=64, **kwargs)
+
+
+def test_the_datamodule_serves_a_neighbours_view_and_the_strong_view():
+    dm = digits(augment="none")
+    dm.setup("fit")
+    dm.require_views(["clean", "neighbor"])
+    n = len(dm.train_eval_dataset)
+    table = np.stack([np.roll(np.arange(n), -1), np.roll(np.arange(n), -2)], axis=1)  # i -> i+1, i+2
+    dm.set_neighbors(table)
+    views, _, index = next(iter(dm.train_dataloader()))
+    assert list(views) == ["a", "b", "clean", "neighbor"]
+    clean = torch.stack([dm.train_eval_dataset[j][0] for j in range(n)]).float()
+    normalise = dm._view_collate.normalize
+    for row, i in enumerate(index.tolist()):  # augment="none": a view is the image itself
+        candidates = [normalise(normalise.to_unit(clean[j:j + 1].to(torch.uint8)))[0] for j in table[i]]
+        assert any(torch.allclose(views["neighbor"][row], c) for c in candidates)
+    dm.serve_strong_view(True)
+    views, _, _ = next(iter(dm.train_dataloader()))
+    assert list(views) == ["a", "b", "clean", "neighbor", "strong"]
+    dm.serve_strong_view(False)
+    assert "strong" not in next(iter(dm.train_dataloader()))[0]
+
+
+@pytest.mark.parametrize("name", ["scan", "scan_prior"])
+def test_scan_trains_mines_once_and_resumes_exactly(name, tmp_path):
+    class InterruptAfter(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch + 1 == 3:
+                trainer.should_stop = True
+
+    def run(root, ckpt_path=None, callbacks=(), seed=0):
+        pl.seed_everything(seed)
+        module = DebiasedClusterModule.from_preset(name, warmup_epochs=1, lr=1e-2, **SMALL,
+                                                   **{"scan.num_neighbors": 5, "threshold": 0.3})
+        t = pl.Trainer(max_epochs=4, limit_train_batches=3, limit_val_batches=0, logger=False,
+                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                       callbacks=list(callbacks))
+        t.fit(module, datamodule=digits(), ckpt_path=ckpt_path)
+        return module, t
+
+    full, trainer = run(tmp_path / "full")
+    scan = full.objectives[1]
+    assert scan.neighbors.shape == (494, 5) and int(scan.mined_epoch) == 1  # mined at the warm-up's end, once
+    assert "train/scan" in trainer.callback_metrics and "train/self_label" in trainer.callback_metrics
+    _, first = run(tmp_path / "part", callbacks=[InterruptAfter()])
+    resumed, _ = run(tmp_path / "part", ckpt_path=first.checkpoint_callback.best_model_path, seed=9)
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, msg=f"{key} differs after resume")
+
+
+class TestSCANErrors:
+    def test_more_neighbours_than_images(self):
+        with pytest.raises(ValueError, match=r"num_neighbors must be an integer in \[1, 9\]"):
+            nearest_neighbors(torch.randn(10, 3), 10)
+
+    @pytest.mark.parametrize("kwargs, message", [
+        ({"threshold": 1.0}, r"threshold must be in \(0, 1\), got 1.0"),
+        ({"threshold": 0.0}, r"threshold must be in \(0, 1\), got 0.0"),
+        ({"start": 1.0}, r"start must be in \[0, 1\), got 1.0"),
+    ])
+    def test_self_label_settings(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            ConfidentSelfLabel(**kwargs)
+
+    @pytest.mark.parametrize("kwargs, message", [
+        ({"entropy_weight": -1.0}, "entropy_weight must be a finite number >= 0, got -1.0"),
+        ({"prior": "zipf"}, r"prior must be one of \('uniform', 'cluster_prior'\), got 'zipf'"),
+        ({"num_neighbors": 0}, "num_neighbors must be an integer >= 1, got 0"),
+        ({"stop": 0.0}, r"stop must be in \(0, 1\], got 0.0"),
+    ])
+    def test_scan_settings(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            SCANConsistency(**kwargs)
+
+    def test_scan_needs_a_softmax_kind_of_head(self):
+        with pytest.raises(ValueError, match=r"cluster_head='student_t' does not suit the objective terms: "
+                                             r"SCANConsistency \(cosine/softmax\)"):
+            DebiasedClusterModule(objectives=[InfoNCE(), SCANConsistency()], cluster_head="student_t")
+
+    def test_a_batch_without_the_neighbour_view(self):
+        module = DebiasedClusterModule(objectives=[InfoNCE(), SCANConsistency()], in_channels=1, input_size=8,
+                                       num_clusters=4, **SMALL)
+        module.cluster_head.init_centroids(torch.randn(4, module.backbone.out_dim))
+        with pytest.raises(ValueError, match=r"SCANConsistency needs the view\(s\) \['neighbor'\], which this "
+                                             r"batch lacks \(it has \['a', 'b'\]\)"):
+            module.loss_terms(module.shared_step([torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)]))
+
+    def test_views_that_change_need_fresh_workers(self):
+        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=64, num_workers=1, persistent_workers=True)
+        with pytest.raises(ValueError, match="set persistent_workers=False"):
+            dm.require_views(["neighbor"])
