@@ -13,11 +13,11 @@ from typing import Any
 from dcl_cluster.objectives import (
     AnchorConsistency,
     ClusterContrastive,
+    ConfidentSelfLabel,
     DebiasedContrastive,
     DECClustering,
     InfoNCE,
     Objective,
-    ConfidentSelfLabel,
     P2OTPseudoLabels,
     SCANConsistency,
     WarmupOnly,

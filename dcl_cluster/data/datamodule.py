@@ -43,8 +43,8 @@ from dcl_cluster.data.transforms import (
     ViewCollate,
     eval_transform,
     geometric_transform,
-    strong_transform,
     resolve_preset,
+    strong_transform,
 )
 
 VAL_SPLITS = ("auto", "val", "test")
