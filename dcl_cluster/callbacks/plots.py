@@ -168,8 +168,9 @@ def plot_cluster_sizes(class_counts, cluster_sizes, title: str | None = None,
     ax = fig.subplots()
     x = np.arange(n)
     width = 0.42 if n <= 60 else 0.5
+    which = "training classes" if evaluated_counts is not None else "classes"
     ax.bar(x[: len(class_frac)] - width / 2, class_frac, width, color="#4C72B0",
-           label=f"classes ({len(class_frac)})")
+           label=f"{which} ({len(class_frac)})")
     empty = int((clusters == 0).sum())
     ax.bar(x[: len(cluster_frac)] + width / 2, cluster_frac, width, color="#DD8452",
            label=f"clusters ({len(cluster_frac)}" + (f", {empty} empty)" if empty else ")"))
@@ -179,13 +180,13 @@ def plot_cluster_sizes(class_counts, cluster_sizes, title: str | None = None,
         evaluated[: len(given)] = given
         centres = x[: len(order)] - width / 2
         ax.hlines(evaluated[order] / max(evaluated.sum(), 1), centres - width / 2,
-                  centres + width / 2, color="black", lw=1.5, label="classes, evaluated set")
+                  centres + width / 2, color="black", lw=1.5, label="classes in the evaluated set")
     if len(class_frac):
         ax.axhline(1 / len(class_frac), color="grey", lw=0.8, ls=":", label="uniform")
     if n <= 40:
         names = class_names or [str(c) for c in range(len(classes))]
         ax.set_xticks(x[: len(order)], [names[c] for c in order], fontsize=8)
-        ax.set_xlabel("classes by size (label: class id); clusters by size")
+        ax.set_xlabel(f"{which} by size (label: class id); clusters by size")
     else:
         ax.set_xlabel("rank by size")
     ax.set_ylabel("fraction of samples")
