@@ -216,19 +216,40 @@ def _option_names(parser) -> list[str]:
 
 
 def _short_parse_error(message: str, parser) -> str:
-    """Keep the lines of jsonargparse's message that matter and suggest close option names."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    options = _option_names(parser)
+    """jsonargparse's message cut to what matters: its first line, the innermost reason for a
+    nested value (a class_path that does not import, an argument it does not accept), and the
+    nearest valid names for a misspelt option or argument."""
+    lines = [line.strip().lstrip("- ").strip() for line in message.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else message
+    problem = next((i for i, line in enumerate(lines) if line.startswith("Problem with given class_path")), None)
+    if problem is not None:
+        text += " " + " ".join(lines[problem:problem + 2])
+    elif len(lines) > 1 and lines[-1] not in text:
+        text += " " + lines[-1]
     suggestions = []
+    options = _option_names(parser)
     for bad in re.findall(r"(?:option|argument|key)s?:? '?(--?[\w.]+|[\w]+(?:\.[\w]+)+)'?", message):
         name = bad if bad.startswith("--") else "--" + bad
         close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
         if close and close[0] != name:
             suggestions.append(f"{name.lstrip('-')} -> did you mean {close[0]}?")
-    text = lines[0] if lines else message
-    if len(lines) > 1:  # nested detail: keep the deepest, most specific line too
-        text += " " + lines[-1] if lines[-1] not in text else ""
+    nested = re.search(r"class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", message, re.S)
+    if nested:
+        close = difflib.get_close_matches(nested.group(2), _init_arguments(nested.group(1)), n=1, cutoff=0.6)
+        if close:
+            suggestions.append(f"{nested.group(2)} -> did you mean {close[0]} (an argument of {nested.group(1)})?")
     return text + "".join(f"\n  {s}" for s in suggestions)
+
+
+def _init_arguments(class_path: str) -> list[str]:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        return list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except Exception:  # an unimportable path has its own message already
+        return []
 
 
 class DCLClusterCLI(LightningCLI):

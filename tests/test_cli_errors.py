@@ -78,3 +78,10 @@ def test_a_typo_in_a_config_file_suggests_the_nearest_name(tmp_path, capsys):
     config.write_text("trainer:\n  max_epoch: 3\n")
     err = _fail(["fit", "--config", str(config)], capsys, 2)
     assert "'trainer.max_epoch'" in err and "did you mean --trainer.max_epochs?" in err
+
+
+def test_a_nested_class_path_error_keeps_its_reason_and_suggests_the_argument(capsys):
+    err = _fail(["fit", "--model.backbone=dcl_cluster.nn.SmallCNN", "--model.backbone.widht=3"], capsys, 2)
+    assert "Option 'widht' is not accepted" in err and "did you mean width" in err
+    err = _fail(["fit", "--model.backbone=dcl_cluster.nn.NoSuch"], capsys, 2)
+    assert "has no attribute 'NoSuch'" in err and len(err.strip().splitlines()) <= 3
