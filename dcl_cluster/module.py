@@ -168,7 +168,9 @@ class DebiasedClusterModule(pl.LightningModule):
             0.05
         """
         kwargs = preset(name)
-        module_args = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        # a subclass's own arguments and, through its **kwargs, the module's
+        module_args = {name for klass in (cls, DebiasedClusterModule)
+                       for name in inspect.signature(klass.__init__).parameters} - {"self"}
         settings = {k: v for k, v in overrides.items() if k not in module_args}
         kwargs.update({k: v for k, v in overrides.items() if k in module_args})
         try:

@@ -223,3 +223,13 @@ def test_p2ot_resume_reproduces_the_uninterrupted_run(tmp_path):
     resumed, _ = run(tmp_path / "part", ckpt_path=first.checkpoint_callback.best_model_path, seed=5)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, msg=f"{name} differs after resume")
+
+
+def test_from_preset_on_a_subclass_with_kwargs_passes_the_module_arguments_on():
+    class WithExtra(DebiasedClusterModule):
+        def __init__(self, extra: float = 0.1, **kwargs):
+            super().__init__(**kwargs)
+
+    module = WithExtra.from_preset("dcl", extra=0.3, warmup_epochs=2, tau_plus=0.05)
+    assert module.hparams.extra == 0.3 and module.hparams.warmup_epochs == 2
+    assert module.objectives[0].tau_plus == 0.05
