@@ -41,7 +41,10 @@ DESCRIPTION = (
     "model, keeps checkpoints/last.ckpt every epoch; --ckpt_path last resumes the latest run."
 )
 SUBCOMMAND_DESCRIPTIONS = {
-    "fit": "Train (and score at the end). " + DESCRIPTION.split(": ", 1)[1],
+    "fit": ("Train DebiasedClusterModule (joint debiased contrastive learning and clustering) on a "
+            "long-tailed LongTailDataModule, then print the clustering scores of the final model. Keeps "
+            "checkpoints/last.ckpt every epoch; --ckpt_path last resumes the latest run. "
+            "Example: dcl-cluster fit --config examples/configs/digits_lt.yaml"),
     "validate": "Score a checkpoint (--ckpt_path) on the validation split.",
     "test": "Score a checkpoint (--ckpt_path) on the held-out test split.",
     "predict": "Cluster ids and embeddings of the held-out split from a checkpoint (--ckpt_path).",
