@@ -12,9 +12,9 @@ and the clustering epochs are the ones to time). Before that it measures the tra
 images/s with 1/4, 1/2 and all of the CPU cores as workers, two and three views, and trains
 with the fastest worker count.
 
-    python benchmarks/gpu_evidence.py                        # one GPU, about 10 minutes
-    python benchmarks/gpu_evidence.py --out $OUT/gpu_evidence.json
-    python benchmarks/gpu_evidence.py --smoke                # CPU, digits, seconds (tests)
+    python -m benchmarks.gpu_evidence                        # one GPU, about 10 minutes
+    python -m benchmarks.gpu_evidence --out $OUT/gpu_evidence.json
+    python -m benchmarks.gpu_evidence --smoke                # CPU, digits, seconds (tests)
 
 Images/s counts training images (each gives 2 augmented views, 3 with the clean view);
 views/s is that times the views. Writes ``benchmarks/results/gpu_evidence.json`` after every
@@ -126,14 +126,16 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=recipe["max_epochs"],
                          precision=recipe["precision"], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, benchmark=accelerator == "gpu", callbacks=[budget])
+                         num_sanity_val_steps=0, benchmark=accelerator == "gpu", callbacks=[budget],
+                         limit_train_batches=args.limit_batches)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
+    images = int(trainer.num_training_batches) * recipe["batch_size"]  # an epoch's images (drop_last)
     out = {"preset": preset, "views": 3 if clean else 2, "workers": workers, "epochs_run": len(budget.times),
            "warmup_epochs": args.warmup_epochs if clustering else 0, "train_images": dm.num_train_samples,
-           "epoch_times_s": budget.times}
+           "images_per_epoch": images, "epoch_times_s": budget.times}
     if torch.cuda.is_available():
         out["peak_gpu_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -145,8 +147,8 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
         steady = times[1:] if phase == "contrastive" and len(times) > 1 else times
         if steady:
             epoch_s = statistics.median(steady)
-            out[phase] = {"epochs": len(times), "epoch_s": epoch_s, "images_per_s": dm.num_train_samples / epoch_s,
-                          "views_per_s": dm.num_train_samples * out["views"] / epoch_s}
+            out[phase] = {"epochs": len(times), "epoch_s": epoch_s, "images_per_s": images / epoch_s,
+                          "views_per_s": images * out["views"] / epoch_s}
     if args.score:
         if accelerator == "gpu":
             module.cuda()  # Lightning hands the module back on the CPU
@@ -169,6 +171,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="loader workers to measure (default: 1/4, 1/2 and all CPU cores)")
     parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--limit-batches", type=int, default=None,
+                        help="training batches an epoch (a quick check of the full recipe on a CPU)")
     parser.add_argument("--no-score", dest="score", action="store_false")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "gpu_evidence.json")

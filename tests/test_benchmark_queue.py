@@ -113,7 +113,8 @@ def test_the_80_epoch_plan_shares_two_warm_ups_per_seed():
     plan = jobqueue.load_plan("cifar10_lt_80")
     assert plan["presets"] == ["simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "scan"]
     for preset, fraction in RECIPES["cpu"]["warmup_fraction"].items():
-        assert plan["warmup_fraction"][preset] == fraction, preset
+        if preset in plan["presets"]:
+            assert plan["warmup_fraction"][preset] == fraction, preset
     jobs = {job.id: job for job in jobqueue.expand(plan)}
     assert len(jobs) == 3 * (7 + 3)
     seed0 = {job.preset if job.kind == "run" else job.id: job for job in jobs.values() if job.seed == 0}
