@@ -39,7 +39,7 @@ REPO = HERE.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from benchmarks.jobqueue import CLEAN_VIEW, GROUP_BASE, _now, _write_json, preset_available, shared_cifar10_dir  # noqa: E402
+from benchmarks.jobqueue import GROUP_BASE, VIEWS, _now, _write_json, preset_available, shared_cifar10_dir  # noqa: E402
 from benchmarks.quality import score  # noqa: E402
 
 #: examples/configs/recipes/cifar10_lt_resnet18_gpu.yaml, module-level settings only
@@ -94,7 +94,7 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
     if clustering:
         kwargs["warmup_epochs"] = args.warmup_epochs
     views = getattr(DebiasedClusterModule.from_preset(preset, **kwargs), "extra_views", None)  # not built yet
-    clean = "clean" in views if views is not None else CLEAN_VIEW.get(preset, False)
+    clean = "clean" in views if views is not None else VIEWS.get(preset, 2) > 2
     pl.seed_everything(args.seed, verbose=False)
     dm = LongTailDataModule(data["dataset"], data.get("data_dir"), imbalance_factor=args.imbalance_factor,
                             batch_size=recipe["batch_size"], num_workers=workers, seed=args.seed, clean_view=clean,
@@ -133,7 +133,8 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
     images = int(trainer.num_training_batches) * recipe["batch_size"]  # an epoch's images (drop_last)
-    out = {"preset": preset, "views": 3 if clean else 2, "workers": workers, "epochs_run": len(budget.times),
+    n_views = 2 + len(views) if views is not None else VIEWS.get(preset, 2)
+    out = {"preset": preset, "views": n_views, "workers": workers, "epochs_run": len(budget.times),
            "warmup_epochs": args.warmup_epochs if clustering else 0, "train_images": dm.num_train_samples,
            "images_per_epoch": images, "epoch_times_s": budget.times}
     if torch.cuda.is_available():

@@ -84,12 +84,11 @@ WARMUP_GROUP: dict[str, str] = {
 }
 #: group -> the contrastive-only preset that trains the group's warm-up (debiased: tau+ 0.1)
 GROUP_BASE: dict[str, str] = {"info_nce": "simclr", "debiased": "dcl"}
-#: preset -> whether it trains on the un-augmented (clean) third view. Used for the time
-#: estimates of ``status`` and where the module does not say: a module with ``extra_views``
-#: (dcl_cluster 0.2) decides for itself when the job runs.
-CLEAN_VIEW: dict[str, bool] = {
-    "simclr": False, "dcl": False, "cc": False, "sic": True, "dcl_cluster": True, "p2ot": False, "scan": False,
-}
+#: preset -> images through the backbone per training image (2 augmented views, + the clean
+#: view, + SCAN's neighbour and strong views): the time estimates of ``status``, and where a
+#: module does not say (``extra_views``) whether the data module serves the clean view.
+VIEWS: dict[str, int] = {"simclr": 2, "dcl": 2, "cc": 2, "sic": 3, "dcl_cluster": 3, "p2ot": 2, "p2ot_alone": 2,
+                         "scan": 5, "scan_prior": 5}
 #: seconds an epoch when neither a measurement nor the plan gives one (a stated guess)
 FALLBACK_EPOCH_S = 30.0
 FALLBACK_SCORE_S = 60.0
@@ -120,7 +119,7 @@ class Job:
     start_from: str | None = None
     warmup_epochs: int | None = None  # the module's warmup_epochs (clustering presets)
     group: str | None = None
-    clean_view: bool | None = None
+    views: int = 2
     dependants: list[str] = field(default_factory=list)
 
 
@@ -171,7 +170,7 @@ def expand(plan: dict) -> list[Job]:
                         job = Job(f"warmup-{group}-{tag}-w{w}", "warmup", base, imbalance_factor, seed, epochs, w,
                                   start_epoch=previous.stop if previous else 0,
                                   start_from=previous.id if previous else None, group=group,
-                                  clean_view=CLEAN_VIEW.get(base))
+                                  views=VIEWS.get(base, 2))
                         warmups[group, w] = previous = job
                         jobs.append(job)
                 for preset in plan["presets"]:
@@ -183,7 +182,7 @@ def expand(plan: dict) -> list[Job]:
                     jobs.append(Job(f"{preset}-{tag}", "run", preset, imbalance_factor, seed, epochs, epochs,
                                     start_epoch=start.stop if start else 0, start_from=start.id if start else None,
                                     warmup_epochs=lengths.get(preset), group=group,
-                                    clean_view=CLEAN_VIEW.get(preset)))
+                                    views=VIEWS.get(preset, 2)))
     by_id = {job.id: job for job in jobs}
     if len(by_id) != len(jobs):
         raise SystemExit(f"plan {plan['name']}: a preset, seed, imbalance factor or epoch budget is listed twice")
@@ -361,10 +360,10 @@ def build_module(plan: dict, preset: str, warmup: int | None, **facts: Any):
 
 def clean_view_for(plan: dict, job: Job) -> bool:
     """Whether ``job``'s data module yields the clean view: the module's ``extra_views`` when it
-    has them, else :data:`CLEAN_VIEW`."""
+    has them, else :data:`VIEWS`."""
     probe = build_module(plan, job.preset, job.warmup_epochs)  # not built: no parameters yet
     views = getattr(probe, "extra_views", None)
-    return "clean" in views if views is not None else bool(job.clean_view)
+    return "clean" in views if views is not None else job.views > 2
 
 
 def _built(module) -> bool:
@@ -685,7 +684,7 @@ def run(queue: Queue, commit: bool = False, only: list[str] | None = None, stop_
 
 
 def _views(job: Job) -> int:
-    return 3 if job.clean_view else 2
+    return job.views
 
 
 def estimates(queue: Queue) -> dict:
@@ -731,6 +730,8 @@ def estimates(queue: Queue) -> dict:
             per_epoch, source = found[0]
         elif str(_views(job)) in defaults:
             per_epoch, source = float(defaults[str(_views(job))]), "plan default"
+        elif "2" in defaults:  # the backbone's work grows with the views (3 views: about 1.5x)
+            per_epoch, source = float(defaults["2"]) * _views(job) / 2, "plan default x views / 2"
         else:
             per_epoch, source = FALLBACK_EPOCH_S, "fallback"
         left = 0.0 if status == "done" else (job.stop - done_epochs) * per_epoch + (
