@@ -85,3 +85,9 @@ def test_a_nested_class_path_error_keeps_its_reason_and_suggests_the_argument(ca
     assert "Option 'widht' is not accepted" in err and "did you mean width" in err
     err = _fail(["fit", "--model.backbone=dcl_cluster.nn.NoSuch"], capsys, 2)
     assert "has no attribute 'NoSuch'" in err and len(err.strip().splitlines()) <= 3
+
+
+def test_the_default_configs_use_enough_workers_for_lightning_not_to_warn():
+    # Lightning warns "does not have many workers" below 2 on any machine with more than 2 cores
+    for path in (CONFIGS / "digits_lt.yaml", CONFIGS / "data" / "digits_lt.yaml"):
+        assert yaml.safe_load(path.read_text())["data"]["num_workers"] >= 2, path
