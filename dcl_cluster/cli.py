@@ -300,6 +300,9 @@ class DCLClusterCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._resolve_ckpt_path(self.config[subcommand])
+            if subcommand != "fit" and self.config[subcommand].get("ckpt_path") is None:
+                _say(f"note: {subcommand} without --ckpt_path scores the untrained model that the "
+                     f"configuration builds; pass --ckpt_path last (or a .ckpt file) for a trained one")
 
     @staticmethod
     def _resolve_ckpt_path(config) -> None:

@@ -91,3 +91,9 @@ def test_the_default_configs_use_enough_workers_for_lightning_not_to_warn():
     # Lightning warns "does not have many workers" below 2 on any machine with more than 2 cores
     for path in (CONFIGS / "digits_lt.yaml", CONFIGS / "data" / "digits_lt.yaml"):
         assert yaml.safe_load(path.read_text())["data"]["num_workers"] >= 2, path
+
+
+def test_test_without_a_checkpoint_says_it_scores_an_untrained_model(capsys):
+    # the note is printed once the arguments parse; a bad data value then stops the run early
+    err = _fail(["test", "--config", str(CONFIGS / "digits_lt.yaml"), "--data.imbalance_factor=0.5"], capsys, 1)
+    assert "test without --ckpt_path scores the untrained model" in err
