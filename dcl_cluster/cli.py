@@ -17,6 +17,7 @@ import difflib
 import os
 import pickle
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,6 @@ def remove_empty_run_folder(trainer) -> None:
     folder = getattr(logger, "log_dir", None)
     if folder and Path(folder).is_dir() and re.fullmatch(r"version_\d+", Path(folder).name) \
             and _holds_nothing(Path(folder)):
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
         parent = Path(folder).parent  # the logger's save_dir/name, when this was its only run
         if parent.is_dir() and not any(parent.iterdir()):
@@ -278,7 +277,8 @@ class DCLClusterCLI(LightningCLI):
         return self.config_init[self.subcommand] if self.subcommand else self.config_init
 
     def instantiate_trainer(self, **kwargs: Any):
-        """Add :class:`RunCheckpoint` to ``fit`` unless the configuration brings a ModelCheckpoint."""
+        """Add :class:`RunCheckpoint` unless the configuration brings a ModelCheckpoint (or turns
+        checkpointing off); ``predict`` logs nothing, so it gets no logger and no saved config."""
         trainer_config = self._subcommand_config().get("trainer", {})
         configured = trainer_config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
