@@ -98,7 +98,8 @@ def train_one(preset: str, args, data: dict, recipe: dict, workers: int, budget_
     pl.seed_everything(args.seed, verbose=False)
     dm = LongTailDataModule(data["dataset"], data.get("data_dir"), imbalance_factor=args.imbalance_factor,
                             batch_size=recipe["batch_size"], num_workers=workers, seed=args.seed, clean_view=clean,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+                            pin_memory=torch.cuda.is_available(),
+                            persistent_workers=workers > 0 and not {"neighbor", "strong"} & set(views or ()))
     if not args.smoke:
         from dcl_cluster.nn import ResNet
 

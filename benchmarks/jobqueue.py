@@ -333,13 +333,16 @@ def resolve_data_dir(plan: dict) -> str | None:
     return data.get("data_dir")
 
 
-def datamodule(plan: dict, job: Job, data_dir: str | None, clean_view: bool):
+def datamodule(plan: dict, job: Job, data_dir: str | None, views: list[str]):
+    """The job's data module; ``views``: the extra views its module trains on. Views switched on
+    during training (SCAN's neighbour and strong views) need workers that are not persistent."""
     from dcl_cluster import LongTailDataModule
 
     data = plan.get("data", {})
+    kwargs = {"persistent_workers": not {"neighbor", "strong"} & set(views), **plan.get("data_kwargs", {})}
     return LongTailDataModule(data.get("dataset", "digits"), data_dir, imbalance_factor=job.imbalance_factor,
                               batch_size=plan["batch_size"], num_workers=plan.get("num_workers", 0),
-                              seed=job.seed, clean_view=clean_view, **plan.get("data_kwargs", {}))
+                              seed=job.seed, clean_view="clean" in views, **kwargs)
 
 
 def build_module(plan: dict, preset: str, warmup: int | None, **facts: Any):
@@ -358,12 +361,12 @@ def build_module(plan: dict, preset: str, warmup: int | None, **facts: Any):
     return DebiasedClusterModule.from_preset(preset, **kwargs, **facts)
 
 
-def clean_view_for(plan: dict, job: Job) -> bool:
-    """Whether ``job``'s data module yields the clean view: the module's ``extra_views`` when it
-    has them, else :data:`VIEWS`."""
+def extra_views(plan: dict, job: Job) -> list[str]:
+    """The views ``job``'s module trains on besides the two augmented ones: its ``extra_views``
+    when it has them, else ``["clean"]`` where :data:`VIEWS` says more than 2."""
     probe = build_module(plan, job.preset, job.warmup_epochs)  # not built: no parameters yet
     views = getattr(probe, "extra_views", None)
-    return "clean" in views if views is not None else job.views > 2
+    return list(views) if views is not None else (["clean"] if job.views > 2 else [])
 
 
 def _built(module) -> bool:
@@ -525,9 +528,9 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
     jobdir = queue.job_dir(job)
     jobdir.mkdir(parents=True, exist_ok=True)
     last, start = jobdir / "last.ckpt", jobdir / "start.ckpt"
-    clean = clean_view_for(plan, job)
+    views = extra_views(plan, job)
     pl.seed_everything(job.seed, verbose=False)
-    dm = datamodule(plan, job, data_dir, clean)
+    dm = datamodule(plan, job, data_dir, views)
     dm.setup("fit")
     facts = {"in_channels": dm.num_channels, "input_size": dm.image_size, "num_clusters": dm.num_classes}
     resumes, ckpt_path, done = 0, None, 0
@@ -579,7 +582,8 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
            "warmup_epochs": job.warmup_epochs or 0, "recipe": plan.get("recipe"),
            "precision": plan.get("precision", "32-true"), "width": plan.get("module", {}).get("backbone_width"),
            "plan": plan["name"], "job": job.id, "started_from": job.start_from, "shared_epochs": job.start_epoch,
-           "clean_view": clean, "batch_size": plan["batch_size"], "dataset": plan.get("data", {}).get("dataset"),
+           "clean_view": "clean" in views, "extra_views": views, "batch_size": plan["batch_size"],
+           "dataset": plan.get("data", {}).get("dataset"),
            "wall_s": train_s, "train_s": train_s, "score_s": score_s,
            "epoch_times_s": epoch_log.epoch_times_s, "epoch_loss": epoch_log.epoch_loss,
            "final_loss": epoch_log.epoch_loss[-1], "settings": _json_safe(dict(module.hparams)),
