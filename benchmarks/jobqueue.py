@@ -41,9 +41,8 @@ the running job and the lock stay local (ignored). So a process killed on the sa
 loses at most the epoch in progress; a new machine with the repository resumes at the first
 unfinished job and loses at most that job's epochs.
 
-A preset the installed ``dcl_cluster`` does not have (``p2ot``, ``scan`` before their issue
-lands) is *blocked*, not failed: the queue goes on and a later ``run`` picks it up (its warm-up
-checkpoint is kept until then).
+A preset the installed ``dcl_cluster`` does not have (yet) is *blocked*, not failed: the queue
+goes on and a later ``run`` picks it up (its warm-up checkpoint is kept until then).
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import gc
 import json
 import os
 import resource
@@ -676,6 +676,7 @@ def run(queue: Queue, commit: bool = False, only: list[str] | None = None, stop_
                     queue.mark(job, "done", **result)
                     log(f"  warm-up done: {_fmt_s(result['train_s'])}")
                 cleanup_warmups(queue)
+                gc.collect()  # the job's data and model, before the next one loads its own
                 if commit:
                     git_commit([queue.results_path, queue.dir], f"queue {plan['name']}: {job.id} done", log)
         finally:
