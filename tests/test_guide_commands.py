@@ -37,3 +37,11 @@ def test_documented_command_parses(args, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--print_config"])
     assert exit_info.value.code in (0, None), capsys.readouterr().err
+
+
+def test_the_callbacks_guide_standalone_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    # the scoring-and-plotting block; the others are fragments of a user's own module
+    block = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "guides" / "callbacks.md").read_text(), re.S)[2]
+    monkeypatch.chdir(tmp_path)
+    exec(block, {})
+    assert "nmi" in capsys.readouterr().out and (tmp_path / "cluster_sizes.png").is_file()
