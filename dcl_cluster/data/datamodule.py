@@ -98,7 +98,10 @@ class LongTailDataModule(LightningDataModule):
         crop_min_scale: overrides the lower bound of the random crop's scale.
         mean: per-channel normalisation mean in [0, 1] units; default per dataset.
         std: per-channel normalisation std; default per dataset.
-        download: let torchvision download CIFAR-10/100 or STL-10 if absent.
+        download: let torchvision download CIFAR-10/100 or STL-10 if absent (it says so first;
+            a server silent for ``sources.DOWNLOAD_TIMEOUT_S`` seconds, or any failure, is one
+            :class:`~dcl_cluster.data.DownloadError` naming the URL, the folder and how to
+            place the files by hand).
         include_unlabeled: STL-10: add the 100k unlabelled images to contrastive training.
         skip_corrupt: folder sources: drop unreadable images with a warning instead of failing.
         drop_last: drop the last incomplete training batch.
