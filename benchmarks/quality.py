@@ -29,15 +29,17 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PRESETS = ["simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "p2ot_alone"]
+PRESETS = ["simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "scan"]
 RECIPES = {
     # a budget that fits 2 CPU cores: small CNN, batch 256, Adam 1e-3
     # (dcl_cluster starts clustering at 3/4 of it: the ablations in docs/benchmarks.md)
     "cpu": {"backbone": "small_cnn", "batch_size": 256, "lr": 1e-3,
-            "warmup_fraction": {"cc": 0.5, "sic": 0.5, "dcl_cluster": 0.75, "p2ot": 0.75, "p2ot_alone": 0.75}},
+            "warmup_fraction": {"cc": 0.5, "sic": 0.5, "dcl_cluster": 0.75, "p2ot": 0.75, "p2ot_alone": 0.75,
+                                "scan": 0.75, "scan_prior": 0.75}},
     # the full GPU recipe: ResNet-18 with the CIFAR stem
     "gpu": {"backbone": "resnet18", "batch_size": 512, "lr": 1e-3,
-            "warmup_fraction": {"cc": 0.2, "sic": 0.2, "dcl_cluster": 0.2, "p2ot": 0.2, "p2ot_alone": 0.2}},
+            "warmup_fraction": {"cc": 0.2, "sic": 0.2, "dcl_cluster": 0.2, "p2ot": 0.2, "p2ot_alone": 0.2,
+                                "scan": 0.2, "scan_prior": 0.2}},
 }
 
 

@@ -40,7 +40,11 @@ def preset_terms(name):
     return preset(name)["objectives"]
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+#: presets whose terms need no view the toy data lacks (SCAN's run on digits in test_objectives_scan.py)
+TOY_PRESETS = sorted(p for p in PRESETS if not p.startswith("scan"))
+
+
+@pytest.mark.parametrize("preset", TOY_PRESETS)
 def test_every_preset_trains_and_logs_its_terms(preset):
     pl.seed_everything(0)
     module = small(preset, warmup_epochs=1, lr=1e-3)
@@ -48,9 +52,7 @@ def test_every_preset_trains_and_logs_its_terms(preset):
     trainer.fit(module, datamodule=ToyDataModule())
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"])
-    names = {term.name for term in preset_terms(preset)}
-    assert {k for k in metrics if k in ("train/contrastive", "train/clustering", "train/anchor")} == {
-        f"train/{n}" for n in names}
+    assert {f"train/{term.name}" for term in preset_terms(preset)} <= set(metrics)
     if module.cluster_head is not None:
         assert module.cluster_head.ready
         torch.testing.assert_close(module.cluster_prior.sum(), torch.tensor(1.0))

@@ -95,7 +95,7 @@ def test_one_setting_of_one_term_from_the_command_line(tmp_path, capsys):
     assert module.hparams.objectives[0]["init_args"]["tau_plus"] == 0.05  # what a checkpoint stores
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(p for p in PRESETS if not p.startswith("scan")))  # scan: its own file
 def test_every_preset_reloads_from_its_checkpoint_alone(name, tmp_path):
     pl.seed_everything(0)
     module = DebiasedClusterModule.from_preset(name, warmup_epochs=1, **SMALL)

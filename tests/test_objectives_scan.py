@@ -93,6 +93,9 @@ def test_scan_trains_mines_once_and_resumes_exactly(name, tmp_path):
     resumed, _ = run(tmp_path / "part", ckpt_path=first.checkpoint_callback.best_model_path, seed=9)
     for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, msg=f"{key} differs after resume")
+    loaded = DebiasedClusterModule.load_from_checkpoint(first.checkpoint_callback.best_model_path)
+    assert [t.config() for t in loaded.objectives] == [t.config() for t in full.objectives]
+    assert loaded.objectives[1].neighbors.shape == (494, 5)  # the table comes with the checkpoint
 
 
 class TestSCANErrors:

@@ -146,6 +146,10 @@ class Objective(nn.Module):
                              "store each constructor argument as self.<name> so checkpoints can rebuild the term")
         return {"class_path": _class_path(type(self)), "init_args": args}
 
+    def accepts(self, setting: str) -> bool:
+        """Whether ``setting`` is one of this term's settings (what :meth:`replace` can change)."""
+        return setting in self.config()["init_args"]
+
     def replace(self, **changes: Any) -> Objective:
         """A new term of the same class with some settings changed (like ``dataclasses.replace``)."""
         return type(self)(**{**self.config()["init_args"], **changes})
@@ -237,8 +241,7 @@ def apply_term_settings(terms: list[Objective], settings: dict[str, Any]) -> lis
     terms = list(terms)
     for key, value in settings.items():
         term_name, _, setting = str(key).rpartition(".")
-        owners = [i for i, t in enumerate(terms)
-                  if setting in t.config()["init_args"] and term_name in ("", t.name)]
+        owners = [i for i, t in enumerate(terms) if t.accepts(setting) and term_name in ("", t.name)]
         if len(owners) != 1:
             where = "no term" if not owners else f"{len(owners)} terms ({', '.join(terms[i].name for i in owners)})"
             listed = "; ".join(f"{t.name}: {', '.join(t.config()['init_args'])}" for t in terms)

@@ -42,6 +42,18 @@ class WarmupOnly(Objective):
         config["init_args"]["term"] = self.term.config()
         return config
 
+    def accepts(self, setting: str) -> bool:
+        return super().accepts(setting) or self.term.accepts(setting)
+
+    def replace(self, **changes: Any) -> Objective:
+        """A copy with some settings changed: its own (``weight``, ``term``) or the wrapped term's."""
+        own = {k: v for k, v in changes.items() if k in ("weight", "term")}
+        inner = {k: v for k, v in changes.items() if k not in own}
+        term = own.pop("term", self.term)
+        if inner:
+            term = (term if isinstance(term, Objective) else build_objectives([term])[0]).replace(**inner)
+        return type(self)(term=term, weight=own.get("weight", self.weight))
+
     def needs(self) -> Needs:
         return dataclasses.replace(self.term.needs(), warmup=True)
 
