@@ -32,8 +32,14 @@ OBJECTIVES = {
             {"class_path": "dcl_cluster.objectives.DebiasedContrastive", "init_args": {"tau_plus": "cluster_prior"}},
             {"class_path": "dcl_cluster.objectives.DECClustering",
              "init_args": {"target": "batch", "size_exponent": 0.5}}])],
+    # the objectives added in 0.2, each a method config after the default one (same budget)
+    **{name: ["--config", str(HERE.parent / "examples" / "configs" / "method" / f"{name}.yaml")]
+       for name in ("p2ot", "scan", "scan_prior")},
 }
 
+
+#: --smoke runs these: the default config, the 0.1.0 objective by term list, a 0.2 method config
+SMOKE_OBJECTIVES = [*list(OBJECTIVES)[:2], "scan"]
 
 #: --smoke: two epochs (one of warm-up), for CI
 SMOKE = ["--trainer.max_epochs", "2", "--model.warmup_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
@@ -64,11 +70,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="one seed, two epochs, results not written: for CI")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.seeds, args.out = [0], None
-    rows = []
+        args.seeds, args.out, args.objectives = [0], None, SMOKE_OBJECTIVES
+    # rows of other objectives or seeds already measured are kept; a rerun replaces its own
+    rows = json.loads(args.out.read_text()) if args.out is not None and args.out.exists() else []
     for seed in args.seeds:
         for name in args.objectives:
             overrides = OBJECTIVES[name] + (SMOKE if args.smoke else [])
+            rows = [r for r in rows if (r["objective"], r["seed"]) != (name, seed)]
             rows.append({"objective": name, **run(seed, overrides, args.threads)})
             train = rows[-1]["report"]["train (LT)"]["head"]
             print(name, seed, f"train NMI {train['nmi']:.3f}", f"{rows[-1]['wall_s']:.0f} s", flush=True)

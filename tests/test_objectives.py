@@ -145,6 +145,14 @@ class TestTermErrors:
         with pytest.raises(ValueError, match=message):
             P2OTPseudoLabels(**{setting: value})
 
+    def test_p2ot_bank_must_hold_k_rows(self):
+        term = P2OTPseudoLabels(bank_batches=1)
+        term.build(20)
+        logits = {"a": torch.randn(8, 20), "b": torch.randn(8, 20)}
+        step = StepOutputs(torch.randn(8, 4), torch.randn(8, 4), logits=logits)
+        with pytest.raises(ValueError, match=r"a bank of 8 rows \(1 batches of 8\) over K=20 clusters"):
+            term(step)
+
     def test_p2ot_needs_a_softmax_kind_of_head(self):
         with pytest.raises(ValueError, match=r"cluster_head='student_t' does not suit the objective terms: "
                                              r"P2OTPseudoLabels \(cosine/softmax\)"):

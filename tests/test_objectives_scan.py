@@ -135,6 +135,14 @@ class TestSCANErrors:
                                              r"batch lacks \(it has \['a', 'b'\]\)"):
             module.loss_terms(module.shared_step([torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)]))
 
+    def test_more_neighbours_than_training_images_is_said_at_the_start(self):
+        module = DebiasedClusterModule.from_preset("scan", warmup_epochs=1, **SMALL, **{"scan.num_neighbors": 600})
+        trainer = pl.Trainer(max_epochs=2, limit_train_batches=1, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        with pytest.raises(ValueError, match="num_neighbors=600 needs more training images than the 494 there are"):
+            trainer.fit(module, datamodule=digits())
+        assert trainer.current_epoch == 0  # not after the warm-up
+
     def test_views_that_change_need_fresh_workers(self):
         dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=64, num_workers=1, persistent_workers=True)
         with pytest.raises(ValueError, match="set persistent_workers=False"):

@@ -93,6 +93,11 @@ class P2OTPseudoLabels(Objective):
         n, k = la.shape
         if self.bank.shape[1] != k:
             raise ValueError(f"the memory bank holds logits of {self.bank.shape[1]} clusters, the head gives {k}")
+        capacity = self.bank_batches * n
+        if (capacity and capacity < k) or 2 * n + capacity < k:
+            raise ValueError(f"the transport plan spreads {2 * n} batch rows and a bank of {capacity} rows "
+                             f"({self.bank_batches} batches of {n}) over K={k} clusters: the bank must hold at least "
+                             "K rows; use more bank_batches, a larger batch or fewer clusters")
         rho = p2ot_rho(step.progress, self.rho_0)
         rows = torch.cat([la.detach().float(), lb.detach().float(), self.bank])  # (2B + M, K)
         init = self.log_b if self.log_b.numel() == k + 1 else None

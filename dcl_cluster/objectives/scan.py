@@ -123,6 +123,11 @@ class SCANConsistency(Objective):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_train_epoch_start(self, module: nn.Module) -> None:
+        dm = getattr(module.trainer, "datamodule", None)
+        images = len(getattr(dm, "train_eval_dataset", None) or ()) or None
+        if images is not None and self.num_neighbors >= images:  # said at the first epoch, not after the warm-up
+            raise ValueError(f"num_neighbors={self.num_neighbors} needs more training images than the "
+                             f"{images} there are: use num_neighbors <= {images - 1}")
         share = clustering_epoch_share(module)
         head = module.cluster_head
         if share is None or head is None or not head.ready:
@@ -131,7 +136,6 @@ class SCANConsistency(Objective):
         epoch = module.current_epoch
         mined = int(self.mined_epoch)
         due = mined < 0 or (self.mine_every > 0 and epoch - mined >= self.mine_every)
-        dm = getattr(module.trainer, "datamodule", None)
         if due and self._active:
             if dm is None or not hasattr(dm, "train_eval_dataloader"):
                 raise ValueError("SCAN mines neighbours on the un-augmented training images: train with a datamodule "
