@@ -1,5 +1,6 @@
 """The closing report of a run: clustering scores of the final model on the long-tailed
-train set and on the balanced held-out set, as a printed table and a JSON file."""
+train set and on the balanced held-out set, as a printed table and a JSON file; without
+labels (an ``images`` folder), label-free diagnostics instead."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dcl_cluster.cluster import KMeans
+from dcl_cluster.cluster.diagnostics import label_free_diagnostics
 from dcl_cluster.metrics import clustering_scores
 
-__all__ = ["collect", "cluster_predictions", "evaluate_clustering", "final_report"]
+__all__ = ["collect", "cluster_predictions", "diagnose_clustering", "evaluate_clustering", "final_report"]
 
 _COLUMNS = {
     "nmi": "NMI", "acc": "ACC", "balanced_acc": "bACC", "macro_f1": "F1", "ari": "ARI",
@@ -62,6 +64,56 @@ def evaluate_clustering(
     }
 
 
+def diagnose_clustering(model: torch.nn.Module, loader: Any, num_clusters: int,
+                        seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Label-free diagnostics (:func:`~dcl_cluster.cluster.diagnostics.label_free_diagnostics`)
+    of the head's argmax (when the model has a ready head) and of k-means with ``num_clusters``."""
+    embeddings, probs, _ = collect(model, loader)
+    return {
+        source: label_free_diagnostics(embeddings, pred, probs if source == "head" else None, seed=seed)
+        for source, pred in cluster_predictions(embeddings, probs, min(num_clusters, len(embeddings)), seed).items()
+    }
+
+
+def _report_num_clusters(model: torch.nn.Module) -> int:
+    """The model's number of clusters (an int in its hyperparameters, or its head's width), else 10."""
+    k = getattr(getattr(model, "hparams", {}), "get", lambda _: None)("num_clusters")
+    head = getattr(model, "cluster_head", None)
+    if not isinstance(k, int) and head is not None:
+        k = getattr(head, "num_clusters", None)
+    return k if isinstance(k, int) and k >= 2 else 10
+
+
+def _sizes_cell(sizes: list[int], shown: int = 8) -> str:
+    return " ".join(map(str, sizes[:shown])) + (f" ... ({len(sizes)})" if len(sizes) > shown else "")
+
+
+def unlabelled_report(model: torch.nn.Module, datamodule: Any, log_dir: str | None) -> dict[str, Any]:
+    """The closing table of a run without labels: cluster sizes, confidence, silhouette."""
+    k = _report_num_clusters(model)
+    splits = {"train": datamodule.train_eval_dataloader(), "held-out": datamodule.val_dataloader()}
+    report = {split: diagnose_clustering(model, loader, k) for split, loader in splits.items()}
+    table = Table(
+        title=f"Final clustering (no labels): {k} clusters",
+        caption="sizes: images per non-empty cluster, largest first; confidence: mean of each "
+        "image's largest cluster probability (the head only); silhouette: on at most 2,000 "
+        "images' features, in [-1, 1], higher is better separated.",
+    )
+    for header in ("set", "clusters", "used", "sizes", "confidence", "silhouette"):
+        table.add_column(header, justify="left" if header in ("set", "clusters", "sizes") else "right")
+    for split, by_source in report.items():
+        for source, d in by_source.items():
+            table.add_row(split, source, str(int(d["clusters_used"])), _sizes_cell(d["cluster_sizes"]),
+                          _cell(d.get("mean_confidence")), _cell(d["silhouette"]))
+    Console().print(table)
+    if log_dir is not None:
+        path = Path(log_dir) / "final_metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        Console().print(f"diagnostics written to {path}")
+    return report
+
+
 def held_out_caption(counts: list[int] | None, class_names: list[str]) -> str:
     """What the held-out split is: balanced, or its class counts and the classes it lacks."""
     if not counts:
@@ -84,10 +136,13 @@ def _cell(value: float | None) -> str:
 
 def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[str, Any] | None:
     """Evaluate the final model, print the table and write ``final_metrics.json`` in the
-    log directory. Runs on the global-zero process only."""
+    log directory (label-free diagnostics when the datamodule's ``labelled`` is False). Runs
+    on the global-zero process only."""
     log_dir = trainer.log_dir  # a collective under DDP: every process must ask
     if not trainer.is_global_zero or datamodule is None:
         return None
+    if not getattr(datamodule, "labelled", True):
+        return unlabelled_report(model, datamodule, log_dir)
     counts = list(datamodule.train_class_counts)
     splits = {"train (LT)": datamodule.train_eval_dataloader(), "held-out": datamodule.val_dataloader()}
     report = {

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from dcl_cluster.callbacks.collect import EmbeddingCollector
 from dcl_cluster.cluster import KMeans
+from dcl_cluster.cluster.diagnostics import label_free_diagnostics
 from dcl_cluster.metrics import clustering_scores
 
 _SOURCES = ("auto", "kmeans", "head")
@@ -37,6 +38,13 @@ class ClusteringEvaluator(EmbeddingCollector):
       without, k-means' as ``val/acc``, ``val/nmi``, ...
     - ``source="kmeans"``: k-means only, as ``val/acc``, ...
     - ``source="head"``: the head only, as ``val/acc``, ... (error without probs).
+
+    Without labels (every label ``-1``, as an ``images`` folder), label-free diagnostics
+    are logged instead (:func:`~dcl_cluster.cluster.diagnostics.label_free_diagnostics`):
+    ``val/clusters_used``, ``val/largest_share``, ``val/smallest_share``,
+    ``val/silhouette`` and, with ``cluster_probs``, ``val/mean_confidence``; k-means then
+    needs ``num_clusters`` (or runs with the head's width) and is skipped when neither is
+    known.
 
     Missing sizes are filled in at each evaluation: ``num_classes`` and
     ``class_counts`` from the public ``num_classes`` / ``train_class_counts``
@@ -150,6 +158,8 @@ class ClusteringEvaluator(EmbeddingCollector):
         """
         prefix = self.prefix if prefix is None else prefix
         labels, emb, probs = data["labels"], data["embeddings"], data["cluster_probs"]
+        if labels.numel() and int(labels.max()) < 0:
+            return self._evaluate_unlabelled(emb, probs, labels, prefix)
         num_classes = self.num_classes or getattr(datamodule, "num_classes", None)
         class_counts = self.class_counts or getattr(datamodule, "train_class_counts", None)
         if num_classes is None:
@@ -184,6 +194,33 @@ class ClusteringEvaluator(EmbeddingCollector):
             "head_preds": None if head_preds is None else head_preds.cpu(),
             "kmeans_preds": None if kmeans_preds is None else kmeans_preds.cpu(),
             "num_classes": num_classes, "class_counts": class_counts,
+        }
+        return metrics, outputs
+
+    def _evaluate_unlabelled(self, emb: torch.Tensor, probs: torch.Tensor | None, labels: torch.Tensor,
+                             prefix: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """Label-free diagnostics of the head's argmax (else of k-means with ``num_clusters``,
+        else of k-means with the head's width), with the same outputs as :meth:`evaluate`."""
+        if self.source == "head" and probs is None:
+            raise ValueError("ClusteringEvaluator(source='head') needs validation_step to "
+                             "return {'embeddings': ..., 'cluster_probs': ...}")
+        head_preds = probs.argmax(1) if probs is not None and self.source in ("auto", "head") else None
+        kmeans_preds, k = None, self.num_clusters or (probs.shape[1] if probs is not None else None)
+        if head_preds is None and k is not None:
+            k = min(k, emb.shape[0])
+            kmeans_preds = KMeans(k, n_init=self.kmeans_n_init, seed=self.seed,
+                                  metric=self.kmeans_metric).fit_predict(emb)
+        preds = head_preds if head_preds is not None else kmeans_preds
+        metrics: dict[str, float] = {}
+        if preds is not None:
+            found = label_free_diagnostics(emb, preds, probs if head_preds is not None else None, seed=self.seed)
+            metrics = {f"{prefix}{name}": float(v) for name, v in found.items() if name != "cluster_sizes"}
+        outputs = {
+            "num_clusters": probs.shape[1] if head_preds is not None else k,
+            "embeddings": emb.cpu(), "labels": labels.cpu(), "preds": None if preds is None else preds.cpu(),
+            "head_preds": None if head_preds is None else head_preds.cpu(),
+            "kmeans_preds": None if kmeans_preds is None else kmeans_preds.cpu(),
+            "num_classes": 0, "class_counts": None,
         }
         return metrics, outputs
 

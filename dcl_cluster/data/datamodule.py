@@ -67,7 +67,9 @@ class LongTailDataModule(LightningDataModule):
     """A long-tailed training set (class 0 largest) with a balanced test set, as views.
 
     Sources (``dataset``): ``"digits"`` (embedded default, no files), ``"npz"``,
-    ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ``"imagenet_lt"``, ``"image_folder"``; their
+    ``"cifar10"``, ``"cifar100"``, ``"stl10"``, ``"imagenet_lt"``, ``"image_folder"``,
+    ``"images"`` (every image below ``data_dir``, no labels: no long tail is cut, labels are
+    ``-1``, ``num_classes`` is 0, and ``predict_dataloader()`` serves the whole folder); their
     layouts are listed in :data:`dcl_cluster.data.sources.LAYOUTS`. The train split keeps
     ``long_tail_counts(n_max, C, imbalance_factor, profile)`` images per class (``n_max`` =
     the smallest class of the full train split: 5000 for CIFAR-10, 500 for CIFAR-100 and
@@ -118,6 +120,9 @@ class LongTailDataModule(LightningDataModule):
         val_class_counts: images per class of the split ``val_dataloader()`` serves.
         class_names, num_classes, num_channels: as read from the source.
         image_size: side of the views in pixels (resolved from ``image_size`` or the source).
+        labelled: False for an unlabelled source (``images``): its labels are all ``-1``.
+        predict_paths: the image file of each row of ``predict_dataloader()`` (file sources),
+            else ``None``.
         train_indices: kept positions in the source's full train split (int64, sorted);
             ``subset_hash`` is their 16-hex-digit fingerprint. Both go into checkpoints via
             :meth:`state_dict`; :meth:`load_state_dict` restores the recorded subset.
@@ -246,7 +251,7 @@ class LongTailDataModule(LightningDataModule):
         hp = self.hparams
         if self._restored_indices is not None:
             return self._restored_indices
-        if data.long_tailed or hp.profile == "none" or hp.imbalance_factor == 1:
+        if data.long_tailed or hp.profile == "none" or hp.imbalance_factor == 1 or not self.labelled:
             return np.arange(len(data.train_labels), dtype=np.int64)  # the split's own counts
         indices = long_tail_indices(data.train_labels, hp.imbalance_factor, hp.seed, hp.profile)
         counts = np.bincount(data.train_labels[indices], minlength=self.num_classes)
@@ -267,7 +272,8 @@ class LongTailDataModule(LightningDataModule):
         self.train_indices = np.asarray(indices, dtype=np.int64)
         self.subset_hash = subset_hash(self.train_indices)
         lt_labels = labels[self.train_indices]
-        self.train_class_counts = np.bincount(lt_labels, minlength=self.num_classes).tolist()
+        self.train_class_counts = (np.bincount(lt_labels, minlength=self.num_classes).tolist()
+                                   if self.labelled else [])
 
         size, images = self.image_size, data.train_images
         square = isinstance(images, np.ndarray) and images.shape[1] == images.shape[2]
@@ -294,9 +300,18 @@ class LongTailDataModule(LightningDataModule):
         self.val_dataset = (EvalDataset(image_store(data.val_images), data.val_labels, clean)
                             if use_val else self.test_dataset)
         val_labels = data.val_labels if use_val else data.test_labels
-        self.val_class_counts = np.bincount(val_labels, minlength=self.num_classes).tolist()
+        self.val_class_counts = (np.bincount(val_labels, minlength=self.num_classes).tolist()
+                                 if self.labelled else [])
+        self.predict_dataset, self.predict_paths = self.test_dataset, None
+        if isinstance(data.test_images, list):
+            self.predict_paths = list(data.test_images)
+        if not self.labelled:  # a folder to sort: predict every image of it, in path order
+            paths = sorted([*[data.train_images[i] for i in self.train_indices], *data.test_images])
+            self.predict_dataset = EvalDataset(image_store(paths), -np.ones(len(paths), dtype=np.int64), clean)
+            self.predict_paths = paths
         self.num_train_samples = len(self.train_dataset)
-        self._warn_thin_classes(data)
+        if self.labelled:
+            self._warn_thin_classes(data)
         if self.batch_size > self.num_train_samples:
             raise ValueError(self._too_few_images_message(len(labels)))
 
@@ -325,8 +340,9 @@ class LongTailDataModule(LightningDataModule):
         where = f"{hp.dataset!r}" + (f" in {hp.data_dir}" if hp.data_dir else "")
         counts = ", ".join(f"{name}: {c}" for name, c in
                            zip(self.class_names, self.train_class_counts, strict=True))
+        counts = f": {counts}" if counts else ""
         message = (f"batch_size={self.batch_size} is larger than the train set of {where} "
-                   f"({n} images: {counts}); set batch_size <= {n}")
+                   f"({n} images{counts}); set batch_size <= {n}")
         if n < full_size:
             message += (f", or keep more images: imbalance_factor: 1 (or profile: none) keeps "
                          f"all {full_size} training images, a lower imbalance_factor keeps more")
@@ -380,8 +396,15 @@ class LongTailDataModule(LightningDataModule):
         return self._loader(self.test_dataset, batch_size, self._eval_collate)
 
     def predict_dataloader(self) -> DataLoader:
-        """Same batches as :meth:`test_dataloader`."""
-        return self.test_dataloader()
+        """``(x, y)``: the batches of :meth:`test_dataloader`, or, for an unlabelled folder
+        (``images``), every image of it in the order of ``predict_paths``."""
+        batch_size = self._require_setup()
+        return self._loader(self.predict_dataset, batch_size, self._eval_collate)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the source has labels (all but ``images``)."""
+        return self.hparams.dataset != "images"
 
     #: the extra views this datamodule can serve, beyond the two augmented ones
     VIEWS = ("clean", "neighbor", "strong")

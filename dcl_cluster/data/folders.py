@@ -1,4 +1,5 @@
-"""Image-file sources (a user's class folders, ImageNet-LT split files) and safe image reading.
+"""Image-file sources (a user's class folders, a folder of unlabelled images at any depth,
+ImageNet-LT split files) and safe image reading.
 
 Images are decoded with Pillow into uint8 ``(C, H, W)`` tensors when a batch needs them. An
 unreadable file raises :class:`UnreadableImageError` naming it; with ``skip_corrupt=True``
@@ -128,6 +129,57 @@ def load_image_folder(data_dir: Path, skip_corrupt: bool = False,
     return SourceData("image_folder", train_paths, train_labels, test[0], test[1],
                       list(class_index), 3, _first_side(train_paths), mean, std,
                       val_images=val[0] if val else None, val_labels=val[1] if val else None)
+
+
+MIN_UNLABELLED_IMAGES = 3
+"""Fewest images of an ``images`` folder: two to cluster, one held out."""
+
+
+def find_image_files(data_dir: Path) -> tuple[list[str], list[str]]:
+    """Every file below ``data_dir`` at any depth (hidden folders skipped), sorted, split into
+    image files (by extension, :data:`IMAGE_EXTENSIONS`) and the others."""
+    images, others = [], []
+    for root, dirs, files in os.walk(data_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
+
+
+def load_unlabelled_images(data_dir: Path, skip_corrupt: bool = False,
+                           test_fraction: float = 0.3) -> SourceData:
+    """Every image below ``data_dir`` at any depth, without labels (``-1``) or class folders.
+
+    Files that are not images (by extension) are skipped with one warning that counts them;
+    unreadable images stop the run, or are dropped with ``skip_corrupt=True``. A random
+    ``test_fraction`` (at least one image) is held out with the fixed seed
+    ``HELD_OUT_SPLIT_SEED``; paths keep their sorted order within each split.
+    """
+    if not data_dir.is_dir():
+        raise missing_layout("images", data_dir, "not a directory")
+    paths, others = find_image_files(data_dir)
+    if others:
+        shown = ", ".join(os.path.relpath(p, data_dir) for p in others[:5])
+        more = f", ... and {len(others) - 5} more" if len(others) > 5 else ""
+        warnings.warn(f"dataset 'images': skipped {len(others)} file(s) under {str(data_dir)!r} that are not "
+                      f"images by their extension ({shown}{more}); read are {' '.join(IMAGE_EXTENSIONS)}",
+                      UserWarning, stacklevel=3)
+    labels = -np.ones(len(paths), dtype=np.int64)
+    if skip_corrupt and paths:
+        paths, labels = drop_unreadable(paths, labels, "images")
+    if not paths:
+        raise FileNotFoundError(f"dataset 'images': no image files under {str(data_dir)!r} (looked for the "
+                                f"extensions {' '.join(IMAGE_EXTENSIONS)}, case-insensitive, at any depth)")
+    if len(paths) < MIN_UNLABELLED_IMAGES:
+        raise ValueError(f"dataset 'images': {str(data_dir)!r} holds {len(paths)} image(s); clustering needs at "
+                         f"least {MIN_UNLABELLED_IMAGES} (two to cluster, one held out)")
+    n_test = min(max(1, int(round(len(paths) * test_fraction))), len(paths) - 2)
+    order = np.random.default_rng(HELD_OUT_SPLIT_SEED).permutation(len(paths))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    mean, std = NORMALIZATION["imagenet"]
+    return SourceData("images", [paths[i] for i in train], labels[train], [paths[i] for i in test],
+                      labels[test], [], 3, _first_side(paths), mean, std)
 
 
 def _find_split_file(data_dir: Path, split: str) -> Path | None:

@@ -32,7 +32,8 @@ class SourceData:
 
     ``*_images`` is a uint8 array ``(N, H, W, C)`` or a list of image paths; ``native_size`` is
     the shorter image side (``None`` when unknown). ``val_*`` is
-    ``None`` when the source has no separate validation split. ``unlabeled_images`` (STL-10)
+    ``None`` when the source has no separate validation split. An unlabelled source
+    (``images``) has labels ``-1`` and no class names. ``unlabeled_images`` (STL-10)
     is an extra array used for contrastive training only. ``long_tailed`` marks sources whose
     train split is long-tailed already (ImageNet-LT), which are used as they are.
     """
@@ -65,6 +66,7 @@ LAYOUTS: dict[str, str] = {
     "imagenet_lt": "DATA_DIR/ImageNet_LT_{train,val,test}.txt (or in DATA_DIR/ImageNet_LT/), "
                    "one 'relative/path.JPEG label' per line, paths relative to DATA_DIR",
     "image_folder": "DATA_DIR/train/<class>/<image> and DATA_DIR/{val,test}/<class>/<image>",
+    "images": "DATA_DIR/**/<image>: every image file below DATA_DIR at any depth, no labels",
 }
 """The on-disk layout each source expects (also quoted in its error messages)."""
 
@@ -384,4 +386,6 @@ def load_source(name: str, data_dir: str | Path | None = None, *, download: bool
 
     if name == "image_folder":
         return folders.load_image_folder(data_dir, skip_corrupt, test_fraction)
+    if name == "images":
+        return folders.load_unlabelled_images(data_dir, skip_corrupt, test_fraction)
     return folders.load_imagenet_lt(data_dir, skip_corrupt)
