@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcl_cluster.cluster.centroids import kmeans_centroids
+from dcl_cluster.cluster.estimate_k import estimate_num_clusters
 from dcl_cluster.distributed import gather_with_grad, world_size
 from dcl_cluster.losses.checks import tensor_value_checks
 from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, cluster_head, feature_dim
@@ -56,7 +57,13 @@ class DebiasedClusterModule(pl.LightningModule):
         projector: Head from features to the contrastive space; ``None``: a 2-layer MLP.
         in_channels: Image channels; ``None``: from the datamodule.
         input_size: Image side in pixels; ``None``: the datamodule's ``image_size``.
-        num_clusters: ``K >= 2``; ``None``: the datamodule's number of classes.
+        num_clusters: ``K >= 2``; ``None``: the datamodule's number of classes; ``"auto"``:
+            estimated (:func:`~dcl_cluster.cluster.estimate_num_clusters`, at most
+            ``max_clusters``) on the training features at the end of the warm-up (which must be
+            at least one epoch), when the cluster head is built; then logged as
+            ``train/num_clusters`` and stored in the hyperparameters, so checkpoints reload
+            with it. One process only (the head's parameters join the optimizer then).
+        max_clusters: Largest ``K`` that ``num_clusters="auto"`` considers, in ``[2, N]``.
         backbone_width: Width of the default SmallCNN.
         projection_dim: Size of ``z``.
         projection_hidden_dim: Hidden width of the default projector.
@@ -97,7 +104,8 @@ class DebiasedClusterModule(pl.LightningModule):
         projector: nn.Module | None = None,
         in_channels: int | None = None,
         input_size: int | None = None,
-        num_clusters: int | None = None,
+        num_clusters: int | str | None = None,
+        max_clusters: int = 50,
         backbone_width: int = 32,
         projection_dim: int = 128,
         projection_hidden_dim: int = 512,
@@ -148,6 +156,7 @@ class DebiasedClusterModule(pl.LightningModule):
         self.register_buffer("cluster_prior", torch.empty(0))
         self._clustering_start_step = 0
         self._total_steps = 0.0
+        self._head_param_group = False  # the head was added to the optimizer as its own group (auto K)
         if None not in (in_channels, input_size) and (num_clusters is not None or not self._needs_k()):
             self._build(in_channels, input_size, num_clusters)
 
@@ -187,15 +196,24 @@ class DebiasedClusterModule(pl.LightningModule):
         if hp.warmup_epochs < 0 or hp.lr_warmup_epochs < 0:
             raise ValueError("warmup_epochs and lr_warmup_epochs must be >= 0, got "
                              f"{hp.warmup_epochs} and {hp.lr_warmup_epochs}")
-        if hp.num_clusters is not None:
+        if hp.num_clusters == "auto":
+            if isinstance(hp.max_clusters, bool) or not isinstance(hp.max_clusters, int) or hp.max_clusters < 2:
+                raise ValueError(f"max_clusters must be an integer >= 2, got {hp.max_clusters!r}")
+            if hp.warmup_epochs < 1:
+                raise ValueError(f"num_clusters='auto' estimates K on the features at the end of the warm-up: set "
+                                 f"warmup_epochs >= 1, got {hp.warmup_epochs}")
+        elif isinstance(hp.num_clusters, str):
+            raise ValueError(f"num_clusters must be an integer >= 2 or 'auto', got {hp.num_clusters!r}")
+        elif hp.num_clusters is not None:
             check_num_clusters(hp.num_clusters)
 
     def _needs_k(self) -> bool:
         """Whether the number of clusters must be known to build (a head, or a term asks)."""
         return self.head_kind is not None or any(t.needs().prior or t.needs().num_clusters for t in self.objectives)
 
-    def _build(self, in_channels: int, image_size: int, num_clusters: int | None) -> None:
+    def _build(self, in_channels: int, image_size: int, num_clusters: int | str | None) -> None:
         hp = self.hparams
+        auto = num_clusters == "auto"  # the head and the terms' state wait for the estimate
         if self.backbone is None:
             small = image_size <= 64  # else ResNet-18 with the ImageNet stem
             self.backbone = (SmallCNN(in_channels, hp.backbone_width) if small
@@ -203,16 +221,17 @@ class DebiasedClusterModule(pl.LightningModule):
         dim = feature_dim(self.backbone, in_channels, image_size)
         if self.projector is None:
             self.projector = MLPProjectionHead(dim, hp.projection_hidden_dim, hp.projection_dim)
-        if self.head_kind is not None and self.cluster_head is None:
+        if self.head_kind is not None and self.cluster_head is None and not auto:
             check_num_clusters(num_clusters)
             self.cluster_head = cluster_head(self.head_kind, dim, num_clusters, alpha=hp.student_t_alpha,
                                              hidden_dim=hp.cluster_hidden_dim, scale=hp.cosine_scale)
             self.cluster_prior = torch.full((num_clusters,), 1.0 / num_clusters)
-        if hp.detach_cluster_input and self.cluster_head is None:
+        if hp.detach_cluster_input and self.cluster_head is None and not (auto and self.head_kind is not None):
             raise ValueError("detach_cluster_input=True needs a cluster head: no objective term uses one "
                              "(set cluster_head or add a clustering term)")
-        for term in self.objectives:
-            term.build(num_clusters)
+        if not auto:
+            for term in self.objectives:
+                term.build(num_clusters)
         if hp.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.hparams.update(in_channels=in_channels, input_size=image_size, num_clusters=num_clusters)
@@ -223,18 +242,31 @@ class DebiasedClusterModule(pl.LightningModule):
         facts = {
             "in_channels": hp.in_channels if hp.in_channels is not None else getattr(dm, "num_channels", None),
             "input_size": hp.input_size if hp.input_size is not None else getattr(dm, "image_size", None),
-            "num_clusters": hp.num_clusters if hp.num_clusters is not None else getattr(dm, "num_classes", None),
+            "num_clusters": hp.num_clusters if hp.num_clusters is not None else getattr(dm, "num_classes", None) or None,
         }
         missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or self._needs_k())]
+        if "num_clusters" in missing and getattr(dm, "labelled", True) is False:
+            raise ValueError("num_clusters unknown: the dataset has no labels to count classes; set num_clusters "
+                             "to an integer >= 2, or to 'auto' to estimate it (--model.num_clusters auto)")
         if missing:
             raise ValueError(f"{', '.join(missing)} unknown: pass them to DebiasedClusterModule or train with a "
                              "datamodule that has num_channels, image_size and num_classes (LongTailDataModule has)")
         if self.projector is None or (self.head_kind is not None and self.cluster_head is None):
             self._build(facts["in_channels"], facts["input_size"], facts["num_clusters"])
+        if stage == "fit" and hp.num_clusters == "auto":
+            self._check_max_clusters(dm)
         for term in self.objectives:
             term.check()
         if stage == "fit" and self.extra_views and dm is not None:
             self._request_views(dm)
+
+    def _check_max_clusters(self, dm: Any) -> None:
+        """``max_clusters`` (``num_clusters="auto"``) must not exceed the training images."""
+        dataset = getattr(dm, "train_eval_dataset", None)
+        n = len(dataset) if dataset is not None else None
+        if n is not None and self.hparams.max_clusters > n:
+            raise ValueError(f"max_clusters={self.hparams.max_clusters} is above the number of training images "
+                             f"({n}); use max_clusters <= {n}")
 
     def _request_views(self, dm: Any) -> None:
         """Ask the datamodule for the extra views the terms need (``require_views``), or check
@@ -247,7 +279,11 @@ class DebiasedClusterModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         hp, trainer = self.hparams, self.trainer
-        if self.cluster_head is None:
+        if hp.num_clusters == "auto" and trainer.world_size > 1:
+            raise ValueError(f"num_clusters='auto' runs on one process (the estimated head joins the optimizer "
+                             f"mid-run), got {trainer.world_size}: estimate K on one device, then pass "
+                             f"num_clusters=<K> to the multi-process run")
+        if self.cluster_head is None and hp.num_clusters != "auto":
             return
         max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
         if trainer.fast_dev_run:
@@ -390,11 +426,89 @@ class DebiasedClusterModule(pl.LightningModule):
         self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
 
     def on_train_epoch_start(self) -> None:
+        if self.hparams.num_clusters == "auto" and self.current_epoch >= self.hparams.warmup_epochs:
+            self.build_estimated_head()
         head = self.cluster_head
         if head is not None and not head.ready and self.current_epoch >= self.hparams.warmup_epochs:
             self.init_centroids()
         for term in self.objectives:
             term.on_train_epoch_start(self)
+
+    def estimate_num_clusters(self, loader: Any = None) -> int:
+        """``K`` by :func:`~dcl_cluster.cluster.estimate_num_clusters` (at most ``max_clusters``,
+        cosine for a cosine head, else Euclidean) on the backbone features of ``loader``
+        (default the datamodule's ``train_eval_dataloader()``)."""
+        if loader is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "train_eval_dataloader"):
+                raise ValueError("num_clusters='auto' estimates K on training features: train with a datamodule "
+                                 "that has train_eval_dataloader() (LongTailDataModule does)")
+            loader = dm.train_eval_dataloader()
+        features = self.embed_loader(loader).cpu()
+        k_max = self.hparams.max_clusters
+        if k_max > features.shape[0]:
+            raise ValueError(f"max_clusters={k_max} is above the number of training images ({features.shape[0]}); "
+                             f"use max_clusters <= {features.shape[0]}")
+        metric = "cosine" if self.head_kind == "cosine" else "euclidean"
+        return estimate_num_clusters(features, k_max, seed=0, metric=metric)
+
+    def build_estimated_head(self, k: int | None = None) -> int:
+        """With ``num_clusters="auto"``: estimate ``K`` (unless given), build the cluster head and
+        the terms' state for it, add the head to the running optimizer (and its schedule), log
+        ``train/num_clusters`` and store ``K`` in the hyperparameters. Returns ``K``."""
+        k = self.estimate_num_clusters() if k is None else int(k)
+        self._build_head(k)
+        if self._trainer is not None and self.trainer.optimizers and self.cluster_head is not None:
+            self._add_head_to_optimizer(self.trainer.optimizers[0], self.trainer.lr_scheduler_configs)
+        self.log("train/num_clusters", float(k), on_step=False, on_epoch=True)
+        print(f"num_clusters='auto': estimated K={k} (max_clusters={self.hparams.max_clusters}) on the training "
+              f"features at epoch {self.current_epoch}", flush=True)
+        return k
+
+    def _build_head(self, k: int) -> None:
+        """The cluster head and the terms' state for ``k`` clusters, on the module's device."""
+        hp = self.hparams
+        check_num_clusters(k)
+        if self.head_kind is not None:
+            dim = feature_dim(self.backbone, hp.in_channels, hp.input_size)
+            self.cluster_head = cluster_head(self.head_kind, dim, k, alpha=hp.student_t_alpha,
+                                             hidden_dim=hp.cluster_hidden_dim, scale=hp.cosine_scale).to(self.device)
+            self.cluster_prior = torch.full((k,), 1.0 / k, device=self.device)
+        for term in self.objectives:
+            term.build(k)
+            term.to(self.device)
+        self.hparams.num_clusters = k
+
+    def _add_head_to_optimizer(self, optimizer: Any, scheduler_configs: Any = ()) -> None:
+        """Append the head's parameters as a new group with the first group's settings; a
+        LambdaLR gets the first group's schedule for it, at the current step's factor."""
+        settings = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "initial_lr")}
+        group = {**settings, "params": list(self.cluster_head.parameters())}
+        for config in scheduler_configs or ():
+            scheduler = config.scheduler
+            if scheduler.optimizer is optimizer and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                base = scheduler.base_lrs[0]
+                group.update(initial_lr=base, lr=base * scheduler.lr_lambdas[0](scheduler.last_epoch))
+                optimizer.add_param_group(group)
+                scheduler.base_lrs.append(base)
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+                if hasattr(scheduler, "_last_lr"):
+                    scheduler._last_lr.append(group["lr"])
+                break
+        else:
+            optimizer.add_param_group(group)
+        self._head_param_group = True
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a run that estimated K (num_clusters="auto") saved a head of that size and an optimizer
+        # whose last group is the head: rebuild both before the state loads
+        k = checkpoint.get("hyper_parameters", {}).get("num_clusters")
+        has_head = any(key.startswith("cluster_head.") for key in checkpoint.get("state_dict", {}))
+        if isinstance(k, int) and has_head and self.cluster_head is None and self.head_kind is not None:
+            self._build_head(k)
+        groups = [len(s.get("param_groups", ())) for s in checkpoint.get("optimizer_states", ())]
+        if groups and groups[0] == 2 and self.cluster_head is not None:
+            self._head_param_group = True
 
     @torch.no_grad()
     def init_centroids(self, loader: Any = None) -> None:
@@ -461,10 +575,23 @@ class DebiasedClusterModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        return build_optimizer(
-            self.parameters(), hp.optimizer, hp.lr, hp.weight_decay, hp.momentum, hp.lr_warmup_epochs,
+        params = self.parameters()
+        if self._head_param_group:  # an estimated head (num_clusters="auto") is the optimizer's second group
+            head = {id(p) for p in self.cluster_head.parameters()}
+            params = [p for p in self.parameters() if id(p) not in head]
+        built = build_optimizer(
+            params, hp.optimizer, hp.lr, hp.weight_decay, hp.momentum, hp.lr_warmup_epochs,
             hp.cosine, self.trainer.estimated_stepping_batches, self.trainer.max_epochs,
         )
+        if self._head_param_group:
+            optimizer = built["optimizer"] if isinstance(built, dict) else built
+            scheduler = built["lr_scheduler"]["scheduler"] if isinstance(built, dict) else None
+            settings = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params",)}
+            optimizer.add_param_group({**settings, "params": list(self.cluster_head.parameters())})
+            if scheduler is not None:
+                scheduler.base_lrs.append(scheduler.base_lrs[0])
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+        return built
 
     def export_backbone(self, path: str) -> None:
         """Save the backbone's plain ``state_dict`` (loadable without this package).
