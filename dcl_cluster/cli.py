@@ -28,7 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from dcl_cluster.callbacks import ClusteringEvaluator
+from dcl_cluster.callbacks import ClusteringEvaluator, ClusterPredictionWriter
 from dcl_cluster.data import DownloadError, LongTailDataModule
 from dcl_cluster.data.folders import UnreadableImageError
 from dcl_cluster.module import DebiasedClusterModule
@@ -48,7 +48,10 @@ SUBCOMMAND_DESCRIPTIONS = {
             "Example: dcl-cluster fit --config examples/configs/digits_lt.yaml"),
     "validate": "Score a checkpoint (--ckpt_path) on the validation split.",
     "test": "Score a checkpoint (--ckpt_path) on the held-out test split.",
-    "predict": "Cluster ids and embeddings of the held-out split from a checkpoint (--ckpt_path).",
+    "predict": ("Cluster every image from a checkpoint (the held-out split; the whole folder for dataset "
+                "'images') and write predictions.csv, a contact sheet per cluster and the cluster sizes into "
+                "the run's folder. Example: dcl-cluster predict --config <run>/config.yaml --ckpt_path "
+                "<run>/checkpoints/last.ckpt"),
 }
 DEBUG_ENV = "DCL_CLUSTER_DEBUG"
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
@@ -272,6 +275,11 @@ class DCLClusterCLI(LightningCLI):
             help="After fit, evaluate the final model on the long-tailed train set and the held-out set "
             "and print NMI / ACC / ARI and head/medium/tail ACC.",
         )
+        parser.add_argument(
+            "--predictions_dir", type=str | None, default=None,
+            help="predict: folder of predictions.csv and clusters/*.png; default the run folder of "
+            "--ckpt_path (the folder above its checkpoints/), else <default_root_dir>/predictions.",
+        )
 
     def _subcommand_config(self):
         return self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -286,10 +294,25 @@ class DCLClusterCLI(LightningCLI):
         if (wants_checkpoints and "callbacks" not in kwargs
                 and not any(isinstance(c, ModelCheckpoint) for c in configured)):
             kwargs["callbacks"] = [*configured, RunCheckpoint()]
-        if self.subcommand == "predict":  # predictions are returned, nothing is logged: no run folder
+        if self.subcommand == "predict":  # predictions are written as files, nothing is logged: no run folder
             kwargs["logger"] = False
             self.save_config_callback = None
+            kwargs["callbacks"] = [*kwargs.get("callbacks", configured),
+                                   ClusterPredictionWriter(self._predictions_dir(trainer_config))]
         return super().instantiate_trainer(**kwargs)
+
+    def _predictions_dir(self, trainer_config) -> Path:
+        """Where ``predict`` writes: ``--predictions_dir``, else the run folder of ``--ckpt_path``
+        (the folder above ``checkpoints/``, or the checkpoint's folder), else
+        ``<default_root_dir>/predictions``."""
+        config = self._subcommand_config()
+        if config.get("predictions_dir"):
+            return Path(config["predictions_dir"]).expanduser()
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt and Path(ckpt).is_file():
+            folder = Path(ckpt).resolve().parent
+            return folder.parent if folder.name == "checkpoints" else folder
+        return Path(trainer_config.get("default_root_dir") or os.getcwd()) / "predictions"
 
     # ------------------------------------------------------------ checkpoints to load
 

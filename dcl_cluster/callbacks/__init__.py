@@ -6,6 +6,7 @@ they work in projects that use nothing else of ``dcl_cluster``.
 
 from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
 from dcl_cluster.callbacks.knn import KNNEvaluator
+from dcl_cluster.callbacks.predictions import ClusterPredictionWriter, write_cluster_results
 from dcl_cluster.callbacks.plots import (
     EmbeddingPlots,
     clustering_figures,
@@ -17,6 +18,7 @@ from dcl_cluster.callbacks.plots import (
 )
 
 __all__ = [
+    "ClusterPredictionWriter",
     "ClusteringEvaluator",
     "EmbeddingPlots",
     "KNNEvaluator",
@@ -26,4 +28,5 @@ __all__ = [
     "plot_cluster_sizes",
     "plot_confusion_matrix",
     "plot_embedding",
+    "write_cluster_results",
 ]
