@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from dcl_cluster.data.datasets import (
@@ -415,9 +416,11 @@ class LongTailDataModule(LightningDataModule):
         ``"clean"`` turns ``clean_view`` on; ``"neighbor"`` and ``"strong"`` are served once
         :meth:`set_neighbors` / :meth:`serve_strong_view` switch them on (SCAN, METHOD.md 2.6).
 
+        A neighbour or strong view turns ``persistent_workers`` off: persistent workers keep
+        their copy of the dataset and would not see a view switched on later.
+
         Raises:
-            ValueError: a view this datamodule cannot serve, or a neighbour / strong view with
-                persistent workers (their dataset copies would not see the switch).
+            ValueError: a view this datamodule cannot serve.
         """
         unsupported = [v for v in views if v not in self.VIEWS]
         if unsupported:
@@ -425,8 +428,10 @@ class LongTailDataModule(LightningDataModule):
                              f"{list(self.VIEWS)}")
         hp = self.hparams
         if {"neighbor", "strong"} & set(views) and hp.persistent_workers and hp.num_workers > 0:
-            raise ValueError("the objective switches views on during training (nearest neighbours, the strong "
-                             "view): set persistent_workers=False so each epoch's workers see them")
+            # views switched on during training reach new workers only: start them each epoch
+            hp.persistent_workers = False
+            rank_zero_info("persistent_workers turned off: the objective switches views on during training "
+                           "(nearest neighbours, the strong view), which each epoch's new workers see")
         if "clean" in views and not hp.clean_view:
             hp.clean_view = True
             if getattr(self, "train_dataset", None) is not None:
