@@ -6,11 +6,14 @@ Each exposes ``out_dim``, the size of the feature ``h`` it returns.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim"]
+__all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim"]  # TimmBackbone: dcl_cluster.nn.pretrained
 
 _RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -26,8 +29,14 @@ class ResNet(nn.Module):
         cifar_stem: Replace the 7x7 stride-2 first convolution and the max-pool by one
             3x3 stride-1 convolution, as for 32 px images (SimCLR's CIFAR variant).
         weights: torchvision weights passed through (e.g. ``"IMAGENET1K_V1"``) for users
-            who have them cached; ``None`` (default) trains from scratch and never downloads.
+            who have them cached, or the path of a local weights file (a torchvision
+            ``state_dict`` such as ``resnet18-f37072fd.pth``, or one that
+            :meth:`~dcl_cluster.DebiasedClusterModule.export_backbone` wrote; ``fc`` is
+            ignored, every other key must fit); ``None`` (default) trains from scratch and never
+            downloads.
         in_channels: Number of input channels.
+        trainable_blocks: Train only the last ``N`` of ``layer1..layer4`` (0: frozen); ``None``
+            trains everything.
 
     Examples:
         >>> net = ResNet("resnet18", cifar_stem=True)
@@ -36,23 +45,54 @@ class ResNet(nn.Module):
     """
 
     def __init__(
-        self, name: str = "resnet18", cifar_stem: bool = True, weights: str | None = None, in_channels: int = 3
+        self, name: str = "resnet18", cifar_stem: bool = True, weights: str | None = None, in_channels: int = 3,
+        trainable_blocks: int | None = None,
     ) -> None:
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"name must be one of {sorted(_RESNETS)}, got {name!r}")
-        net = getattr(torchvision.models, name)(weights=weights)
+        weights_file = weights if weights is not None and _is_weights_file(weights) else None
+        net = getattr(torchvision.models, name)(weights=None if weights_file else weights)
         if cifar_stem or in_channels != 3:
             kernel, stride, padding = (3, 1, 1) if cifar_stem else (7, 2, 3)
             net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding, bias=False)
         if cifar_stem:
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
+        if weights_file:
+            from dcl_cluster.nn.pretrained import load_weights_file
+
+            load_weights_file(net, weights_file, ignore_prefixes=("fc",))
         self.net = net
         self.out_dim = _RESNETS[name]
+        self.trainable_blocks = trainable_blocks
+        self._frozen: list[nn.Module] = []
+        if trainable_blocks is not None:
+            from dcl_cluster.nn.pretrained import freeze_all_but_last_blocks
+
+            self._frozen = freeze_all_but_last_blocks(net, trainable_blocks)
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        for m in self._frozen:  # frozen layers keep their BatchNorm statistics
+            m.eval()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
+        for m in self._frozen:  # also when a trainer set the modes one by one, bypassing train()
+            if m.training:
+                m.eval()
+        if self.trainable_blocks == 0:
+            with torch.no_grad():  # a frozen encoder: no graph through it
+                return self.net(x)
         return self.net(x)
+
+
+def _is_weights_file(weights: str) -> bool:
+    """A path (an existing file, a separator or a weights suffix) rather than a torchvision name."""
+    text = str(weights)
+    return (os.sep in text or "/" in text or text.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+            or Path(text).expanduser().is_file())
 
 
 class SmallCNN(nn.Module):

@@ -1,0 +1,199 @@
+"""Starting from pretrained weights: any timm model as a backbone, local weight files for it
+and for torchvision ResNets, and training only the last blocks (0 = a frozen encoder, whose
+clustering heads then train on fixed features; 1 = P²OT's protocol on a pretrained ViT).
+
+Nothing is downloaded unless ``pretrained=True`` is asked for; a weights file is read with
+``torch.load(weights_only=True)`` (or safetensors) and must fit the architecture.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TimmBackbone", "load_weights_file", "freeze_all_but_last_blocks", "backbone_blocks"]
+
+TIMM_EXTRA = "pip install 'dcl-cluster[pretrained]' (or pip install timm)"
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"TimmBackbone needs timm, which is not installed: {TIMM_EXTRA}") from None
+    return timm
+
+
+def check_timm_name(name: str) -> None:
+    """Raise ``ValueError`` with the nearest names when timm has no model ``name`` (a pretrained
+    tag after a dot, ``vit_base_patch16_224.dino``, is allowed)."""
+    timm = _import_timm()
+    base = name.split(".", 1)[0]
+    names = timm.list_models()
+    if base in names:
+        return
+    close = difflib.get_close_matches(base, names, n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; timm.list_models('*pattern*') lists them"
+    raise ValueError(f"timm has no model {name!r}{hint}")
+
+
+def _read_state(path: str | os.PathLike) -> dict[str, Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"weights file {str(path)!r} cannot be read as a state_dict ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    for key in ("state_dict", "model", "teacher", "module"):  # Lightning, DeiT/MAE, DINO checkpoints
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"weights file {str(path)!r} does not hold a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def _strip_prefix(state: dict[str, Tensor], keys: set[str]) -> dict[str, Tensor]:
+    """Drop a common wrapper prefix (``module.``, ``backbone.``, ``net.``...) when that makes the
+    file's names match the model's."""
+    for prefix in ("module.", "backbone.", "encoder.", "net.", "model."):
+        if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights_file(module: nn.Module, path: str | os.PathLike, ignore_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a weights file into ``module`` strictly (keys and shapes), ignoring the file's keys
+    under ``ignore_prefixes`` (a classifier the backbone does not have).
+
+    Raises:
+        ValueError: the file does not fit the architecture; the message names the first
+            missing, unexpected or differently shaped key.
+    """
+    target = module.state_dict()
+    state = _strip_prefix(_read_state(path), set(target))
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(p + "." for p in ignore_prefixes))}
+    where = f"weights file {str(path)!r} does not fit the {type(module).__name__}"
+    for key, value in state.items():
+        if key in target and tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"{where}: key {key!r} has shape {tuple(value.shape)} in the file, "
+                             f"{tuple(target[key].shape)} in the model")
+    unexpected = [k for k in state if k not in target]
+    if unexpected:
+        raise ValueError(f"{where}: the file's key {unexpected[0]!r} is not in the model "
+                         f"({len(unexpected)} such key(s))")
+    missing = [k for k in target if k not in state]
+    if missing:
+        raise ValueError(f"{where}: the model's key {missing[0]!r} is not in the file ({len(missing)} missing)")
+    module.load_state_dict(state)
+
+
+def backbone_blocks(model: nn.Module) -> list[nn.Module]:
+    """The sequence of blocks whose last ``N`` :func:`freeze_all_but_last_blocks` trains: a
+    ViT's ``blocks``, a ConvNeXt's ``stages``, a ResNet's ``layer1..layer4``."""
+    for name in ("blocks", "stages", "layers"):
+        blocks = getattr(model, name, None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
+            return list(blocks)
+    layers = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
+    if layers:
+        return layers
+    raise ValueError(f"trainable_blocks: {type(model).__name__} has no blocks, stages or layer1..4 to choose "
+                     f"from; use trainable_blocks=None (all) or 0 (frozen)")
+
+
+def freeze_all_but_last_blocks(model: nn.Module, trainable_blocks: int) -> list[nn.Module]:
+    """Freeze every parameter of ``model`` except those of its last ``trainable_blocks`` blocks
+    (and, with at least one, the final norm after them); returns the frozen sub-modules, which
+    should stay in eval mode (their BatchNorm statistics frozen too)."""
+    if isinstance(trainable_blocks, bool) or not isinstance(trainable_blocks, int) or trainable_blocks < 0:
+        raise ValueError(f"trainable_blocks must be None (all) or an integer >= 0, got {trainable_blocks!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if trainable_blocks == 0:
+        return [model]
+    blocks = backbone_blocks(model)
+    if trainable_blocks > len(blocks):
+        raise ValueError(f"trainable_blocks={trainable_blocks} but {type(model).__name__} has {len(blocks)} "
+                         f"blocks; use 0..{len(blocks)} (or None to train all)")
+    trainable = blocks[len(blocks) - trainable_blocks:]
+    trainable += [m for name in ("norm", "fc_norm", "head_norm", "norm_pre") if isinstance(
+        m := getattr(model, name, None), nn.Module) and any(True for _ in m.parameters())]
+    for block in trainable:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    keep = {id(m) for block in trainable for m in block.modules()}
+    return [m for m in model.modules() if not list(m.children()) and id(m) not in keep]
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model (``timm.create_model(name, num_classes=0)``) as a backbone of pooled features.
+
+    Args:
+        name: A timm model name, optionally with its pretrained tag (``"vit_base_patch16_224.dino"``,
+            ``"vit_base_patch14_dinov2.lvd142m"``, ``"resnet50"``).
+        pretrained: Download timm's pretrained weights (needs the network; never by default).
+        weights: A local weights file (``.pth``/``.pt`` state_dict, a checkpoint holding one
+            under ``state_dict``/``model``/``teacher``, or ``.safetensors``); the classifier's
+            keys are ignored, every other key must fit.
+        trainable_blocks: Train only the last ``N`` blocks (0: frozen, features only; 1: P²OT's
+            protocol); ``None`` trains everything.
+        image_size: Input side for models with a fixed one (ViTs), e.g. 32 for CIFAR.
+        in_channels: Input channels.
+
+    Examples:
+        >>> net = TimmBackbone("test_vit", image_size=32, trainable_blocks=1)  # doctest: +SKIP
+        >>> net(torch.randn(2, 3, 32, 32)).shape  # doctest: +SKIP
+        torch.Size([2, 64])
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, weights: str | None = None,
+                 trainable_blocks: int | None = None, image_size: int | None = None, in_channels: int = 3) -> None:
+        super().__init__()
+        timm = _import_timm()
+        check_timm_name(name)
+        if pretrained and weights:
+            raise ValueError("pass pretrained=True (timm downloads) or weights=<a local file>, not both")
+        kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        try:
+            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError:  # a model without img_size
+            kwargs.pop("img_size", None)
+            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if weights:
+            classifier = self.model.pretrained_cfg.get("classifier") or "head"
+            classifiers = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
+            load_weights_file(self.model, weights, ignore_prefixes=tuple(classifiers))
+        self.out_dim = int(self.model.num_features)
+        self.trainable_blocks = trainable_blocks
+        self._frozen = [] if trainable_blocks is None else freeze_all_but_last_blocks(self.model, trainable_blocks)
+
+    def train(self, mode: bool = True) -> TimmBackbone:
+        super().train(mode)
+        for m in self._frozen:  # frozen parts keep their statistics and no dropout
+            m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self._frozen:  # also when a trainer set the modes one by one, bypassing train()
+            if m.training:
+                m.eval()
+        if self.trainable_blocks == 0:
+            with torch.no_grad():  # a frozen encoder: no graph through it
+                return self.model(x)
+        return self.model(x)
