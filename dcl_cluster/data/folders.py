@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from dcl_cluster.data.long_tail import stratified_split
-from dcl_cluster.data.sources import HELD_OUT_SPLIT_SEED, SourceData, missing_layout
+from dcl_cluster.data.source_data import HELD_OUT_SPLIT_SEED, SourceData, missing_layout
 from dcl_cluster.data.transforms import NORMALIZATION
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

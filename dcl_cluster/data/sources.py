@@ -14,64 +14,23 @@ import pickle
 import socket
 import sys
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dcl_cluster.data import folders
 from dcl_cluster.data.long_tail import stratified_split
+from dcl_cluster.data.source_data import (  # re-exported: importable from here as before
+    DATASETS,  # noqa: F401 (re-exported)
+    DOWNLOADABLE,
+    HELD_OUT_SPLIT_SEED,
+    LAYOUTS,
+    SourceData,
+    check_dataset_name,
+    missing_layout,
+)
 from dcl_cluster.data.transforms import NORMALIZATION
 
-HELD_OUT_SPLIT_SEED = 0
-"""Seed of the stratified held-out split (digits, npz with only ``x, y``): fixed on purpose."""
-
-
-@dataclass
-class SourceData:
-    """A dataset as read from disk: full splits, before any long-tail selection.
-
-    ``*_images`` is a uint8 array ``(N, H, W, C)`` or a list of image paths; ``native_size`` is
-    the shorter image side (``None`` when unknown). ``val_*`` is
-    ``None`` when the source has no separate validation split. An unlabelled source
-    (``images``) has labels ``-1`` and no class names. ``unlabeled_images`` (STL-10)
-    is an extra array used for contrastive training only. ``long_tailed`` marks sources whose
-    train split is long-tailed already (ImageNet-LT), which are used as they are.
-    """
-
-    name: str
-    train_images: np.ndarray | list[str]
-    train_labels: np.ndarray
-    test_images: np.ndarray | list[str]
-    test_labels: np.ndarray
-    class_names: list[str]
-    num_channels: int
-    native_size: int | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    val_images: np.ndarray | list[str] | None = None
-    val_labels: np.ndarray | None = None
-    unlabeled_images: np.ndarray | None = None
-    long_tailed: bool = False
-
-
-LAYOUTS: dict[str, str] = {
-    "digits": "nothing (scikit-learn's bundled digits)",
-    "npz": "DATA_DIR/*.npz (or DATA_DIR itself a .npz) with x_train, y_train, x_test, y_test "
-           "(uint8 N x H x W x C) or x, y",
-    "cifar10": "DATA_DIR/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} "
-               "(torchvision's layout)",
-    "cifar100": "DATA_DIR/cifar-100-python/{train, test, meta} (torchvision's layout)",
-    "stl10": "DATA_DIR/stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, "
-             "class_names.txt[, unlabeled_X.bin]} (torchvision's layout)",
-    "imagenet_lt": "DATA_DIR/ImageNet_LT_{train,val,test}.txt (or in DATA_DIR/ImageNet_LT/), "
-                   "one 'relative/path.JPEG label' per line, paths relative to DATA_DIR",
-    "image_folder": "DATA_DIR/train/<class>/<image> and DATA_DIR/{val,test}/<class>/<image>",
-    "images": "DATA_DIR/**/<image>: every image file below DATA_DIR at any depth, no labels",
-}
-"""The on-disk layout each source expects (also quoted in its error messages)."""
-
-DATASETS = tuple(LAYOUTS)
-DOWNLOADABLE = ("cifar10", "cifar100", "stl10")
 DOWNLOAD_TIMEOUT_S = 60.0
 """Seconds a download may wait for the server's next bytes before it fails."""
 
@@ -106,23 +65,6 @@ def download_with_torchvision(name: str, data_dir: Path, **kwargs) -> None:
             f"download=True") from None
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def missing_layout(name: str, data_dir, detail: str = "") -> FileNotFoundError:
-    """The one error for absent files: names the layout and, where it exists, download=True."""
-    msg = f"dataset {name!r}: no data found under {str(data_dir)!r}"
-    msg += f" ({detail})" if detail else ""
-    msg += f"; expected {LAYOUTS[name]}"
-    if name in DOWNLOADABLE:
-        msg += "; pass download=True to download it with torchvision"
-    return FileNotFoundError(msg)
-
-
-def check_dataset_name(name: str) -> str:
-    """Raise ``ValueError`` listing the valid names when ``name`` is not a known source."""
-    if name not in LAYOUTS:
-        raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}")
-    return name
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10_000) -> tuple[tuple, tuple]:
@@ -382,8 +324,6 @@ def load_source(name: str, data_dir: str | Path | None = None, *, download: bool
         return load_stl10_source(data_dir, download, include_unlabeled)
     if name == "npz":
         return load_npz_source(data_dir, test_fraction)
-    from dcl_cluster.data import folders
-
     if name == "image_folder":
         return folders.load_image_folder(data_dir, skip_corrupt, test_fraction)
     if name == "images":
