@@ -71,6 +71,40 @@ def test_ari_exact_at_a_million_labels():
                                                            abs=1e-9)
 
 
+
+def _full_range_emi(a, b, n):
+    """Vinh et al.'s E[MI] summed over every pair and every cell value, as scikit-learn's loop."""
+    from scipy.special import gammaln
+
+    total = 0.0
+    for ai in a:
+        for bj in b:
+            k = np.arange(max(1, ai + bj - n), min(ai, bj) + 1, dtype=np.float64)
+            log_p = (gammaln(ai + 1) + gammaln(bj + 1) + gammaln(n - ai + 1) + gammaln(n - bj + 1)
+                     - gammaln(n + 1) - gammaln(k + 1) - gammaln(ai - k + 1) - gammaln(bj - k + 1)
+                     - gammaln(n - ai - bj + k + 1))
+            total += float(np.sum(k / n * np.log(n * k / (ai * bj)) * np.exp(log_p)))
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expected_mutual_information_equals_the_full_sum(seed):
+    """The cut ranges, shared sizes, padded rows and blocks change nothing beyond rounding:
+    long-tailed sizes (rows of very different lengths), pairs with a + b > n, tiny blocks."""
+    from dcl_cluster.metrics.clustering import _expected_mutual_information
+
+    rng = np.random.default_rng(seed)
+    a = np.round(np.exp(rng.uniform(0, 7, rng.integers(2, 40)))).astype(np.int64)
+    n = int(a.sum())
+    b = rng.multinomial(n, rng.dirichlet(np.full(rng.integers(2, 30), 0.3)))
+    b = b[b > 0]
+    expected = _full_range_emi(a, b, n)
+    for block in (1 << 16, 64):
+        assert _expected_mutual_information(a, b, n, block=block) == pytest.approx(expected, rel=1e-10)
+    big = np.array([90, 10])  # 90 + 80 > 100: the range starts at 70
+    assert _expected_mutual_information(big, np.array([80, 20]), 100) == pytest.approx(
+        _full_range_emi(big, np.array([80, 20]), 100), rel=1e-12)
+
 def _brute_force_accuracy(y, p):
     """Best accuracy over every injective cluster -> class map, counted point by point."""
     n_cls, n_clu = int(y.max()) + 1, int(p.max()) + 1
