@@ -45,3 +45,19 @@ def test_the_callbacks_guide_standalone_snippet_runs_as_written(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     exec(block, {})
     assert "nmi" in capsys.readouterr().out and (tmp_path / "cluster_sizes.png").is_file()
+
+
+def test_the_term_guide_runs_as_written_in_a_small_mode(tmp_path, monkeypatch):
+    # subclass.md: the term, the module with it, and the training block (2 epochs instead of 60)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "guides" / "subclass.md").read_text(), re.S)
+    small = {"max_epochs=60": "max_epochs=2, limit_train_batches=2, logger=False, enable_progress_bar=False",
+             "warmup_epochs=30": "warmup_epochs=1", "every_n_epochs=20": "every_n_epochs=2"}
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks[:2]:
+        for old, new in small.items():
+            block = block.replace(old, new)
+        exec(block, namespace)
+    model = namespace["model"]
+    assert [t.name for t in model.objectives][-1] == "uniformity" and model.cluster_head.ready
+    assert "train/uniformity" in namespace["trainer"].callback_metrics
