@@ -133,3 +133,10 @@ def test_a_timm_backbone_from_the_command_line_parses():
         main(["fit", "--model.backbone=dcl_cluster.nn.TimmBackbone", "--model.backbone.name=test_vit",
               "--model.backbone.trainable_blocks=1", "--model.backbone.image_size=8", "--print_config"])
     assert exit_info.value.code in (0, None)
+
+
+def test_a_vit_weights_file_of_another_image_size_is_resampled_by_timms_filter(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.save(timm.create_model("test_vit", img_size=32).state_dict(), tmp_path / "vit32.pth")
+    backbone = TimmBackbone("test_vit", weights=str(tmp_path / "vit32.pth"), image_size=64)
+    assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, backbone.out_dim)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,11 @@ def _strip_prefix(state: dict[str, Tensor], keys: set[str]) -> dict[str, Tensor]
     return state
 
 
-def load_weights_file(module: nn.Module, path: str | os.PathLike, ignore_prefixes: tuple[str, ...] = ()) -> None:
+def load_weights_file(module: nn.Module, path: str | os.PathLike, ignore_prefixes: tuple[str, ...] = (),
+                      convert: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None) -> None:
     """Load a weights file into ``module`` strictly (keys and shapes), ignoring the file's keys
-    under ``ignore_prefixes`` (a classifier the backbone does not have).
+    under ``ignore_prefixes`` (a classifier the backbone does not have), after ``convert``
+    (e.g. timm's checkpoint filter of the architecture) when given.
 
     Raises:
         ValueError: the file does not fit the architecture; the message names the first
@@ -85,6 +87,8 @@ def load_weights_file(module: nn.Module, path: str | os.PathLike, ignore_prefixe
     """
     target = module.state_dict()
     state = _strip_prefix(_read_state(path), set(target))
+    if convert is not None:
+        state = convert(state)
     state = {k: v for k, v in state.items() if not k.startswith(tuple(p + "." for p in ignore_prefixes))}
     where = f"weights file {str(path)!r} does not fit the {type(module).__name__}"
     for key, value in state.items():
@@ -147,8 +151,10 @@ class TimmBackbone(nn.Module):
             ``"vit_base_patch14_dinov2.lvd142m"``, ``"resnet50"``).
         pretrained: Download timm's pretrained weights (needs the network; never by default).
         weights: A local weights file (``.pth``/``.pt`` state_dict, a checkpoint holding one
-            under ``state_dict``/``model``/``teacher``, or ``.safetensors``); the classifier's
-            keys are ignored, every other key must fit.
+            under ``state_dict``/``model``/``teacher``, or ``.safetensors``), passed through
+            timm's checkpoint filter of the architecture (which converts some original releases
+            and resamples position embeddings to ``image_size``); the classifier's keys are
+            ignored, every other key must fit.
         trainable_blocks: Train only the last ``N`` blocks (0: frozen, features only; 1: P²OT's
             protocol); ``None`` trains everything.
         image_size: Input side for models with a fixed one (ViTs), e.g. 32 for CIFAR.
@@ -178,10 +184,27 @@ class TimmBackbone(nn.Module):
         if weights:
             classifier = self.model.pretrained_cfg.get("classifier") or "head"
             classifiers = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
-            load_weights_file(self.model, weights, ignore_prefixes=tuple(classifiers))
+            load_weights_file(self.model, weights, ignore_prefixes=tuple(classifiers), convert=self._timm_filter())
         self.out_dim = int(self.model.num_features)
         self.trainable_blocks = trainable_blocks
         self._frozen = [] if trainable_blocks is None else freeze_all_but_last_blocks(self.model, trainable_blocks)
+
+    def _timm_filter(self) -> Callable[[dict[str, Tensor]], dict[str, Tensor]] | None:
+        """timm's checkpoint filter of this architecture (original-release key names, position
+        embeddings resampled to ``image_size``), when its module has one."""
+        import importlib
+
+        filter_fn = getattr(importlib.import_module(type(self.model).__module__), "checkpoint_filter_fn", None)
+        if filter_fn is None:
+            return None
+
+        def convert(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            try:
+                return dict(filter_fn(state, self.model))
+            except Exception:  # a file the filter does not know: the strict check names the misfit
+                return state
+
+        return convert
 
     def train(self, mode: bool = True) -> TimmBackbone:
         super().train(mode)
