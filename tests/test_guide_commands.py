@@ -14,7 +14,9 @@ from dcl_cluster.cli import main
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/index.md", "docs/quickstart.md", *sorted(
     str(p.relative_to(REPO)) for p in (REPO / "docs" / "guides").glob("*.md"))]
-FILL = {"$method": "dcl_cluster", "${method}": "dcl_cluster", "$seed": "0", "${seed}": "0"}
+FILL = {"$method": "dcl_cluster", "${method}": "dcl_cluster", "$seed": "0", "${seed}": "0",
+        # a run folder that fit wrote: its saved config stands in for the shipped one it came from
+        "$run/config.yaml": "examples/configs/cluster_folder.yaml", "$run": "runs/cluster_folder/version_0"}
 
 
 def documented_commands():
