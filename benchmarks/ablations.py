@@ -65,6 +65,18 @@ VARIANTS: dict[str, dict] = {
     "detached head + prior-matched + anchor": {"detach_cluster_input": True, "dec_target": "prior", "delta": 1.0},
 }
 
+#: the variants drawn in docs/benchmarks.md's per-class plot (all of them would be unreadable)
+PER_CLASS_VARIANTS = ("reference", "warm-up 3/4", "anchor loss on", "prior-matched targets", "detached head",
+                      "prior-matched + anchor + warm-up 3/4")
+
+#: the variants that run the shipped dcl_cluster objective, at half and at 3/4 warm-up (the
+#: dcl_cluster rows of docs/benchmarks.md's warm-up table)
+LATE_START_VARIANTS = ("prior-matched + anchor", "prior-matched + anchor + warm-up 3/4")
+
+_unknown = sorted(set(PER_CLASS_VARIANTS + LATE_START_VARIANTS) - set(VARIANTS))
+if _unknown:
+    raise ValueError(f"not ablation variants: {_unknown}; the names are the keys of VARIANTS")
+
 
 def run_chain(args, seed: int, imbalance_factor: float, names: list[str]):
     """Train the shared warm-up once, then every variant from its checkpoint; yields rows."""

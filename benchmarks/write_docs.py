@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from benchmarks.ablations import LATE_START_VARIANTS, PER_CLASS_VARIANTS
+
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
 
@@ -89,14 +91,6 @@ def quality_table(rows, split):
         out.append(f"| {imbalance:g} | {preset} | {runs[0][split]['source']} | {len(runs)} | "
                    + " | ".join(cells) + f" | {wall} | {rss} |")
     return out
-
-
-#: the ablation variants in the per-class plot (all of them would be unreadable)
-PER_CLASS_VARIANTS = ("reference", "warm-up 3/4", "anchor loss on", "prior-matched targets", "detached head",
-                      "prior-matched + anchor + warm-up 3/4")
-
-#: the ablation variants that run the shipped dcl_cluster objective at half and 3/4 warm-up
-LATE_START_VARIANTS = ("prior-matched + anchor", "prior-matched + anchor + warm-up 3/4")
 
 
 def warmup_table(quality, late, ablations, factor=100.0):
