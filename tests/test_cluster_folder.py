@@ -274,3 +274,20 @@ def test_predict_on_a_labelled_source_writes_the_label_column(tmp_path):
 def test_the_cluster_folder_example_runs_in_its_small_mode(tmp_path):
     result = load_example("cluster_folder").main(["--smoke", "--out", str(tmp_path)])
     assert result["csv"].is_file() and len(result["pictures"]) >= 3
+
+
+def test_an_auto_run_resumes_from_the_command_line_after_the_estimate(tmp_path):
+    # the checkpoint's hyperparameters (K) override the config's "auto": the head is built at setup,
+    # and the optimizer gets the estimated head as its second group, as saved
+    base = ["--config", str(REPO / "examples" / "configs" / "digits_lt.yaml"), "--model.num_clusters=auto",
+            "--model.max_clusters=12", "--model.warmup_epochs=1", "--model.backbone_width=8", "--report=false",
+            "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    main(["fit", *base, "--trainer.max_epochs=2"])
+    first = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=True)
+    k = first["hyper_parameters"]["num_clusters"]
+    assert isinstance(k, int) and len(first["optimizer_states"][0]["param_groups"]) == 2
+    main(["fit", *base, "--trainer.max_epochs=3", "--ckpt_path=last"])
+    resumed = torch.load(max(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime), weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["hyper_parameters"]["num_clusters"] == k
+    assert resumed["state_dict"]["cluster_head.centroids"].shape[0] == k
