@@ -79,7 +79,7 @@ def _pair_counts(y_pred, y_true, num_clusters: int, num_classes: int) -> torch.T
                          f"{tuple(y_pred.shape)} and {tuple(y_true.shape)}")
     _check_range(y_pred, num_clusters, "cluster id (preds)", "num_clusters")
     _check_range(y_true, num_classes, "class label (target)", "num_classes")
-    flat = y_pred.flatten() * num_classes + y_true.flatten()
+    flat = y_true.flatten().add(y_pred.flatten(), alpha=num_classes)  # cluster * classes + class, one pass
     return torch.bincount(flat, minlength=num_clusters * num_classes).view(num_clusters, num_classes)
 
 
@@ -154,7 +154,8 @@ def scores_from_table(
     t = torch.as_tensor(table).detach().to("cpu", torch.float64).numpy()
     if t.ndim != 2:
         raise ValueError(f"table must be 2-D (clusters, classes), got shape {t.shape}")
-    n = t.sum()
+    cluster_sizes, support = t.sum(1), t.sum(0)  # (clusters,), (classes,): each table pass once
+    n = support.sum()
     keys = ["acc", "balanced_acc", "macro_f1", "nmi", "ari", "ami"]
     if class_counts is not None:
         if len(class_counts) != t.shape[1]:
@@ -164,15 +165,14 @@ def scores_from_table(
     if n == 0:
         return {k: float("nan") for k in keys}
     rows, cols = match_clusters_to_classes(t)
-    support = t.sum(0)  # (classes,)
     recall = np.zeros(t.shape[1])
     recall[cols] = t[rows, cols] / np.maximum(support[cols], 1)
     present = support > 0
     out = {
         "acc": float(t[rows, cols].sum() / n),
         "balanced_acc": float(recall[present].mean()),
-        "macro_f1": _matched_macro_f1(t, rows, cols),
-        **_information_scores(t),
+        "macro_f1": _matched_macro_f1(t, rows, cols, support, cluster_sizes),
+        **_information_scores(t, cluster_sizes, support),
     }
     if class_counts is not None:
         for name, group in zip(("head_acc", "medium_acc", "tail_acc"),
@@ -183,29 +183,33 @@ def scores_from_table(
     return out
 
 
-def _matched_macro_f1(t: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> float:
+def _matched_macro_f1(t: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                      support: np.ndarray | None = None, cluster_sizes: np.ndarray | None = None) -> float:
     """Unweighted mean F1 over the classes present, cluster ``rows[j]`` predicting class ``cols[j]``.
 
     ``F1_c = 2 TP_c / (predicted_c + support_c)``: a class with no matched cluster has
     ``TP = predicted = 0`` and so F1 0; points of unmatched clusters are predictions of
     no class, which lowers only the recall of their true classes.
     """
-    support = t.sum(0)  # (classes,)
+    support = t.sum(0) if support is None else support  # (classes,)
+    cluster_sizes = t.sum(1) if cluster_sizes is None else cluster_sizes  # (clusters,)
     true_pos, predicted = np.zeros(t.shape[1]), np.zeros(t.shape[1])
     true_pos[cols] = t[rows, cols]
-    predicted[cols] = t[rows].sum(1)
+    predicted[cols] = cluster_sizes[rows]
     present = support > 0
     f1 = 2 * true_pos[present] / (predicted[present] + support[present])
     return float(f1.mean())
 
 
-def _information_scores(t: np.ndarray) -> dict[str, float]:
+def _information_scores(t: np.ndarray, a_all: np.ndarray | None = None,
+                        b_all: np.ndarray | None = None) -> dict[str, float]:
     """NMI, ARI and AMI exactly as scikit-learn computes them from labels.
 
     scikit-learn only sees labels that occur: empty rows and columns have no nonzero cell,
     so the sums below run over the nonzero cells (found once) and the nonzero sizes.
     """
-    a_all, b_all = t.sum(1), t.sum(0)  # cluster sizes, class sizes
+    a_all = t.sum(1) if a_all is None else a_all  # cluster sizes
+    b_all = t.sum(0) if b_all is None else b_all  # class sizes
     a, b = a_all[a_all > 0], b_all[b_all > 0]
     rows, cols = np.nonzero(t)
     nz = t[rows, cols]
