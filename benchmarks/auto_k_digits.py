@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(run(seed, args.epochs, args.warmup, args.max_clusters, args.imbalance_factor))
         print(json.dumps(rows[-1]), flush=True)
     result = {
-        "what": "num_clusters='auto' on digits-LT (sklearn digits, IF {:g}), estimated at the end of the warm-up "
-                "on the backbone features of the long-tailed train set".format(args.imbalance_factor),
+        "what": f"num_clusters='auto' on digits-LT (sklearn digits, IF {args.imbalance_factor:g}), estimated at the "
+                "end of the warm-up on the backbone features of the long-tailed train set",
         "settings": {"epochs": args.epochs, "warmup_epochs": args.warmup, "max_clusters": args.max_clusters,
                      "threads": 1, "device": "cpu"},
         "rows": rows,

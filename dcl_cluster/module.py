@@ -242,7 +242,9 @@ class DebiasedClusterModule(pl.LightningModule):
         facts = {
             "in_channels": hp.in_channels if hp.in_channels is not None else getattr(dm, "num_channels", None),
             "input_size": hp.input_size if hp.input_size is not None else getattr(dm, "image_size", None),
-            "num_clusters": hp.num_clusters if hp.num_clusters is not None else getattr(dm, "num_classes", None) or None,
+            # an unlabelled source has 0 classes: no count to take K from
+            "num_clusters": hp.num_clusters if hp.num_clusters is not None else (getattr(dm, "num_classes", None)
+                                                                                 or None),
         }
         missing = [k for k, v in facts.items() if v is None and (k != "num_clusters" or self._needs_k())]
         if "num_clusters" in missing and getattr(dm, "labelled", True) is False:
@@ -281,7 +283,7 @@ class DebiasedClusterModule(pl.LightningModule):
         hp, trainer = self.hparams, self.trainer
         if hp.num_clusters == "auto" and trainer.world_size > 1:
             raise ValueError(f"num_clusters='auto' runs on one process (the estimated head joins the optimizer "
-                             f"mid-run), got {trainer.world_size}: estimate K on one device, then pass "
+                             f"mid-run), not {trainer.world_size}: estimate K on one device, then pass "
                              f"num_clusters=<K> to the multi-process run")
         if self.cluster_head is None and hp.num_clusters != "auto":
             return

@@ -6,7 +6,6 @@ they work in projects that use nothing else of ``dcl_cluster``.
 
 from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
 from dcl_cluster.callbacks.knn import KNNEvaluator
-from dcl_cluster.callbacks.predictions import ClusterPredictionWriter, write_cluster_results
 from dcl_cluster.callbacks.plots import (
     EmbeddingPlots,
     clustering_figures,
@@ -16,6 +15,7 @@ from dcl_cluster.callbacks.plots import (
     plot_confusion_matrix,
     plot_embedding,
 )
+from dcl_cluster.callbacks.predictions import ClusterPredictionWriter, write_cluster_results
 
 __all__ = [
     "ClusterPredictionWriter",

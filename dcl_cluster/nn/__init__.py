@@ -1,7 +1,6 @@
 """Network parts: backbones and heads."""
 
 from dcl_cluster.nn.backbones import MLP, ResNet, SmallCNN, feature_dim
-from dcl_cluster.nn.pretrained import TimmBackbone, load_weights_file
 from dcl_cluster.nn.heads import (
     CosineHead,
     MLPProjectionHead,
@@ -10,6 +9,7 @@ from dcl_cluster.nn.heads import (
     StudentTHead,
     cluster_head,
 )
+from dcl_cluster.nn.pretrained import TimmBackbone, load_weights_file
 
-__all__ = ["ResNet", "SmallCNN", "MLP", "TimmBackbone", "load_weights_file", "feature_dim", "ProjectionHead", "MLPProjectionHead", "StudentTHead",
-           "SoftmaxHead", "CosineHead", "cluster_head"]
+__all__ = ["ResNet", "SmallCNN", "MLP", "TimmBackbone", "load_weights_file", "feature_dim", "ProjectionHead",
+           "MLPProjectionHead", "StudentTHead", "SoftmaxHead", "CosineHead", "cluster_head"]
