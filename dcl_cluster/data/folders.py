@@ -136,10 +136,11 @@ MIN_UNLABELLED_IMAGES = 3
 
 
 def find_image_files(data_dir: Path) -> tuple[list[str], list[str]]:
-    """Every file below ``data_dir`` at any depth (hidden folders skipped), sorted, split into
-    image files (by extension, :data:`IMAGE_EXTENSIONS`) and the others."""
+    """Every file below ``data_dir`` at any depth (hidden folders and links to folders not
+    entered, so a link cycle cannot trap the walk), sorted, split into image files (by
+    extension, :data:`IMAGE_EXTENSIONS`) and the others."""
     images, others = [], []
-    for root, dirs, files in os.walk(data_dir, followlinks=True):
+    for root, dirs, files in os.walk(data_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = os.path.join(root, name)
