@@ -105,6 +105,16 @@ def test_expected_mutual_information_equals_the_full_sum(seed):
     assert _expected_mutual_information(big, np.array([80, 20]), 100) == pytest.approx(
         _full_range_emi(big, np.array([80, 20]), 100), rel=1e-12)
 
+
+def test_expected_mutual_information_exact_for_clusters_of_half_a_million():
+    """Large pairs cancel to a tiny E[MI]: a sum over log-gamma values of size 1e7 (scikit-learn's,
+    and 0.1's) drifts by 1e-9 here; the reference is a 40-digit mpmath sum."""
+    from dcl_cluster.metrics.clustering import _expected_mutual_information
+
+    a = np.array([600_000, 300_000, 99_990, 10])
+    b = np.array([500_000, 250_000, 200_000, 49_000, 1000])
+    assert _expected_mutual_information(a, b, int(a.sum())) == pytest.approx(5.696075000514896e-06, rel=1e-11)
+
 def _brute_force_accuracy(y, p):
     """Best accuracy over every injective cluster -> class map, counted point by point."""
     n_cls, n_clu = int(y.max()) + 1, int(p.max()) + 1
