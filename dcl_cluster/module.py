@@ -140,12 +140,15 @@ class DebiasedClusterModule(pl.LightningModule):
         with warnings.catch_warnings():  # injected modules are handled just below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
+        if "objectives" in self.hparams:  # a subclass's **kwargs shadow the locals above: say it again
+            self.hparams.update(objectives=objectives, term_settings=None)
         for name in ("backbone", "projector"):
             value = self.hparams.get(name)
             # A module built in Python: its weights live in the state dict; keep a marker.
             # (Under LightningCLI the hparams hold its class_path config, which reloads.)
             if isinstance(value, nn.Module):
                 self.hparams[name] = f"injected {type(value).__qualname__}"
+        self._terms = terms  # read by _check_settings; registered as self.objectives below
         self._check_settings()
         self.objectives = nn.ModuleList(terms)
         self.head_kind = head_kind_for(terms, cluster_head, list(HEAD_KINDS))
@@ -202,6 +205,11 @@ class DebiasedClusterModule(pl.LightningModule):
             if hp.warmup_epochs < 1:
                 raise ValueError(f"num_clusters='auto' estimates K on the features at the end of the warm-up: set "
                                  f"warmup_epochs >= 1, got {hp.warmup_epochs}")
+            early = [type(t).__name__ for t in self._terms if t.needs().num_clusters and not t.needs().clustering]
+            if early:
+                raise ValueError(f"num_clusters='auto' knows K only after the warm-up, but {', '.join(early)} "
+                                 "needs it from the first step (tau_plus='uniform' is 1/K): give num_clusters or "
+                                 "another tau_plus")
         elif isinstance(hp.num_clusters, str):
             raise ValueError(f"num_clusters must be an integer >= 2 or 'auto', got {hp.num_clusters!r}")
         elif hp.num_clusters is not None:
@@ -261,6 +269,9 @@ class DebiasedClusterModule(pl.LightningModule):
             term.check()
         if stage == "fit" and self.extra_views and dm is not None:
             self._request_views(dm)
+        if stage == "fit" and self._trainer is not None:
+            for term in self.objectives:  # before any loader: Lightning makes the first one for its step count
+                term.on_setup(self)
 
     def _check_max_clusters(self, dm: Any) -> None:
         """``max_clusters`` (``num_clusters="auto"``) must not exceed the training images."""
@@ -281,6 +292,8 @@ class DebiasedClusterModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         hp, trainer = self.hparams, self.trainer
+        for term in self.objectives:  # after a restore of weights and buffers
+            term.on_fit_start(self)
         if hp.num_clusters == "auto" and trainer.world_size > 1:
             raise ValueError(f"num_clusters='auto' runs on one process (the estimated head joins the optimizer "
                              f"mid-run), not {trainer.world_size}: estimate K on one device, then pass "
@@ -305,9 +318,13 @@ class DebiasedClusterModule(pl.LightningModule):
                 )
 
     def on_train_start(self) -> None:
-        total = float(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs
-        per_epoch = total / max_epochs if max_epochs not in (None, -1) and math.isfinite(total) else 0.0
+        trainer = self.trainer
+        total = float(trainer.estimated_stepping_batches)
+        batches, max_epochs = trainer.num_training_batches, trainer.max_epochs
+        if math.isfinite(batches) and batches > 0:  # optimizer steps per epoch, whatever bounds the run
+            per_epoch = float(math.ceil(batches / trainer.accumulate_grad_batches))
+        else:
+            per_epoch = total / max_epochs if max_epochs not in (None, -1) and math.isfinite(total) else 0.0
         self._total_steps = total
         self._clustering_start_step = int(round(self.hparams.warmup_epochs * per_epoch))
 
@@ -338,7 +355,8 @@ class DebiasedClusterModule(pl.LightningModule):
         if isinstance(views, Mapping):
             if not {"a", "b"} <= set(views):
                 raise ValueError(f"a training batch's views need the keys 'a' and 'b', got {list(views)}")
-            return list(views), list(views.values())
+            names = ["a", "b"] + [k for k in views if k not in ("a", "b")]
+            return names, [views[k] for k in names]
         views = list(views)
         # a list serves the extra views in this order, those switched on so far (a clean view
         # nobody asked for is computed, unused)
@@ -361,7 +379,8 @@ class DebiasedClusterModule(pl.LightningModule):
             parts += list(logits.float().split(n))
         if self.hparams.gather_distributed and world_size() > 1:
             widths = [p.shape[1] for p in parts]
-            parts = list(gather_with_grad(torch.cat([p.float() for p in parts], dim=1)).split(widths, dim=1))
+            dtype = torch.promote_types(torch.promote_types(*[p.dtype for p in parts[:2]]), torch.float32)
+            parts = list(gather_with_grad(torch.cat([p.to(dtype) for p in parts], dim=1)).split(widths, dim=1))
         h_clean = h[names.index("clean") * n:][:n] if "clean" in names else None
         out = StepOutputs(z_a=parts[0], z_b=parts[1], h_a=h[:n], h_b=h[n: 2 * n], h_clean=h_clean,
                           cluster_prior=self.cluster_prior if self.cluster_head is not None else None,
@@ -396,6 +415,8 @@ class DebiasedClusterModule(pl.LightningModule):
         step = self.shared_step(views, index)
         terms = self.loss_terms(step)
         loss = sum(weight * value for weight, value in terms.values())
+        if not terms:  # no term runs on this step (a gap in a schedule): a zero that keeps every parameter
+            loss = 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         if self.cluster_head is not None and not step.clustering:
             # The head is idle in the warm-up: a zero term keeps it in the graph for DDP.
             loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
@@ -552,7 +573,8 @@ class DebiasedClusterModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # terms edited after construction are saved with their current settings
-        checkpoint.setdefault("hyper_parameters", {})["objectives"] = [t.config() for t in self.objectives]
+        hparams = checkpoint.setdefault("hyper_parameters", {})
+        hparams.update(objectives=[t.config() for t in self.objectives], term_settings=None)
 
     # ------------------------------------------------------------------ evaluation
 

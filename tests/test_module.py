@@ -255,14 +255,16 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.cluster_head.ready
 
 
-def test_resume_with_the_real_datamodule_and_augmentations(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # workers draw a resumed epoch's first indices before set_epoch
+def test_resume_with_the_real_datamodule_and_augmentations(tmp_path, workers):
     from dcl_cluster import LongTailDataModule
 
     def run(root, ckpt_path=None, callbacks=(), seed=0):
         pl.seed_everything(seed)
         module = small("dcl_cluster", warmup_epochs=1, lr=1e-2)
         trainer = make_trainer(root, max_epochs=3, enable_checkpointing=True, callbacks=list(callbacks))
-        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=128, clean_view=True)
+        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=128, clean_view=True, num_workers=workers,
+                                persistent_workers=False)
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         return module, trainer
 

@@ -241,3 +241,36 @@ def test_from_preset_on_a_subclass_with_kwargs_passes_the_module_arguments_on():
     module = WithExtra.from_preset("dcl", extra=0.3, warmup_epochs=2, tau_plus=0.05)
     assert module.hparams.extra == 0.3 and module.hparams.warmup_epochs == 2
     assert module.objectives[0].tau_plus == 0.05
+
+
+def test_a_step_where_no_term_runs_still_trains(tmp_path):
+    # WarmupOnly alone: after the warm-up nothing runs; the step's loss is a zero with a graph
+    from dcl_cluster.objectives import DECClustering
+
+    module = DebiasedClusterModule(objectives=[WarmupOnly(InfoNCE()), DECClustering(inputs="views", weight=0.0)],
+                                   warmup_epochs=1, **SMALL)
+    t = trainer(tmp_path, max_epochs=2, enable_checkpointing=False, limit_val_batches=0)
+    t.fit(module, datamodule=ToyDataModule(clean_view=False))
+    assert t.current_epoch == 2
+
+
+def test_auto_k_with_a_term_that_needs_k_in_the_warmup_is_refused():
+    with pytest.raises(ValueError, match=r"num_clusters='auto' knows K only after the warm-up, but "
+                                         r"DebiasedContrastive needs it from the first step"):
+        DebiasedClusterModule.from_preset("dcl", tau_plus="uniform", num_clusters="auto", warmup_epochs=1)
+
+
+def test_dict_batches_take_a_and_b_by_name():
+    module = DebiasedClusterModule.from_preset("simclr", in_channels=1, input_size=8, **SMALL)
+    a, b, clean = (torch.randn(4, 1, 8, 8) for _ in range(3))
+    names, tensors = module._named_views({"clean": clean, "a": a, "b": b})
+    assert names == ["a", "b", "clean"] and tensors[0] is a and tensors[2] is clean
+
+
+def test_a_subclass_keeps_term_configs_in_its_hyperparameters():
+    class WithExtra(DebiasedClusterModule):
+        def __init__(self, extra: float = 0.1, **kwargs):
+            super().__init__(**kwargs)
+
+    module = WithExtra(objectives=[DebiasedContrastive()], term_settings={"tau_plus": 0.2})
+    assert module.hparams.objectives[0]["init_args"]["tau_plus"] == 0.2 and module.hparams.term_settings is None

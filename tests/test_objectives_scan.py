@@ -52,8 +52,10 @@ def test_the_datamodule_serves_a_neighbours_view_and_the_strong_view():
     dm.setup("fit")
     dm.require_views(["clean", "neighbor"])
     n = len(dm.train_eval_dataset)
+    dm.set_neighbors(np.full((n, 2), -1))  # not mined yet: no neighbour view
+    assert len(next(iter(dm.train_dataloader()))[0]) == 3  # a list: a, b, clean
     table = np.stack([np.roll(np.arange(n), -1), np.roll(np.arange(n), -2)], axis=1)  # i -> i+1, i+2
-    dm.set_neighbors(table)
+    dm.set_neighbors(table)  # filled in place
     views, _, index = next(iter(dm.train_dataloader()))
     assert list(views) == ["a", "b", "clean", "neighbor"]
     clean = torch.stack([dm.train_eval_dataset[j][0] for j in range(n)]).float()
@@ -61,9 +63,10 @@ def test_the_datamodule_serves_a_neighbours_view_and_the_strong_view():
     for row, i in enumerate(index.tolist()):  # augment="none": a view is the image itself
         candidates = [normalise(normalise.to_unit(clean[j:j + 1].to(torch.uint8)))[0] for j in table[i]]
         assert any(torch.allclose(views["neighbor"][row], c) for c in candidates)
-    dm.serve_strong_view(True)
-    views, _, _ = next(iter(dm.train_dataloader()))
-    assert list(views) == ["a", "b", "clean", "neighbor", "strong"]
+    dm.serve_strong_view(True, from_epoch=1)
+    loader = dm.train_dataloader()
+    assert "strong" not in next(iter(loader))[0]  # epoch 0
+    assert list(next(iter(loader))[0]) == ["a", "b", "clean", "neighbor", "strong"]  # the sampler's next epoch
     dm.serve_strong_view(False)
     assert "strong" not in next(iter(dm.train_dataloader()))[0]
 
@@ -147,3 +150,38 @@ class TestSCANErrors:
         dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=64, num_workers=1, persistent_workers=True)
         dm.require_views(["neighbor"])
         assert dm.hparams.persistent_workers is False  # each epoch's workers see the neighbour table
+
+
+@pytest.mark.parametrize("mid_epoch", [False, True])
+def test_scan_resumes_with_loader_workers_and_mid_epoch(mid_epoch, tmp_path):
+    # the first loader of a resumed run is made before any epoch hook, in worker processes:
+    # the restored neighbour table and the schedule must reach the datamodule before it
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 2 and (batch_idx == 0 if mid_epoch else batch_idx == 2):
+                trainer.should_stop = True
+
+    def run(ckpt_path=None, callbacks=()):
+        pl.seed_everything(0)
+        module = DebiasedClusterModule.from_preset("scan", warmup_epochs=1, **SMALL, **{"scan.num_neighbors": 5})
+        t = pl.Trainer(max_epochs=4, limit_train_batches=3, limit_val_batches=0, logger=False,
+                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                       callbacks=list(callbacks))
+        dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=64, num_workers=1, persistent_workers=False)
+        t.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return module, t
+
+    _, first = run(callbacks=[StopAt()])
+    path = tmp_path / "stop.ckpt"
+    first.save_checkpoint(path)
+    resumed, t = run(ckpt_path=path)
+    assert t.current_epoch == 4 and "train/self_label" in t.callback_metrics
+    assert int(resumed.objectives[1].mined_epoch) == 1
+
+
+def test_scan_needs_a_warmup():
+    module = DebiasedClusterModule.from_preset("scan", warmup_epochs=0, **SMALL)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="set warmup_epochs >= 1, got 0"):
+        trainer.fit(module, datamodule=digits())

@@ -205,6 +205,8 @@ class LongTailDataModule(LightningDataModule):
         self.num_train_samples = 0
         self._source: SourceData | None = None
         self._restored_indices: np.ndarray | None = None
+        self._resume_epoch = 0  # the training sampler's next epoch, from a checkpoint
+        self._train_sampler: SeededEpochSampler | None = None
 
     # ---------------------------------------------------------------- setup
 
@@ -377,6 +379,11 @@ class LongTailDataModule(LightningDataModule):
         """``(views, y, index)`` batches in a seeded order (see the class docstring)."""
         self._require_setup()
         sampler = SeededEpochSampler(len(self.train_dataset), self.hparams.seed, augmentation_seeds=True)
+        # Lightning makes a resumed run's first iterator (whose workers draw indices at once) before it
+        # sets the sampler's epoch: start at the epoch the checkpoint recorded, so the order and the
+        # views are the uninterrupted run's
+        sampler.set_epoch(self._resume_epoch)
+        self._train_sampler = sampler
         return self._loader(self.train_dataset, self.batch_size, self._view_collate,
                             sampler=sampler, drop_last=self.hparams.drop_last)
 
@@ -440,18 +447,27 @@ class LongTailDataModule(LightningDataModule):
     def set_neighbors(self, neighbors) -> None:
         """Serve each training image with an augmented view of one of its nearest neighbours,
         drawn per image and epoch from row ``i`` of ``neighbors`` ``(N, k)``, indices into the
-        long-tailed training set (the order of :meth:`train_eval_dataloader`)."""
+        long-tailed training set (the order of :meth:`train_eval_dataloader`); rows of ``-1``
+        are not mined yet. The table lives in shared memory and a later call of the same shape
+        fills it in place, so loader workers made before it see it."""
         self._require_setup()
-        table = np.asarray(torch.as_tensor(neighbors).cpu().numpy(), dtype=np.int64)
+        table = torch.as_tensor(neighbors).detach().to("cpu", torch.int64)
         n = len(self.train_eval_dataset)
-        if table.ndim != 2 or table.shape[0] != n or table.shape[1] < 1 or table.min() < 0 or table.max() >= n:
-            raise ValueError(f"neighbors must be a ({n}, k) table of indices in [0, {n}), got shape {table.shape}")
-        self.train_dataset.neighbors = table
+        if table.ndim != 2 or table.shape[0] != n or table.shape[1] < 1 or table.min() < -1 or table.max() >= n:
+            raise ValueError(f"neighbors must be a ({n}, k) table of indices in [0, {n}) (or -1: not mined), "
+                             f"got shape {tuple(table.shape)}")
+        current = self.train_dataset.neighbors
+        if current is not None and current.shape == table.shape:
+            current.copy_(table)
+        else:
+            self.train_dataset.neighbors = table.clone().share_memory_()
 
-    def serve_strong_view(self, on: bool = True) -> None:
-        """Serve (or stop serving) the strong view: RandAugment + cutout, as SCAN's self-labelling."""
+    def serve_strong_view(self, on: bool = True, from_epoch: int = 0) -> None:
+        """Serve (or stop serving) the strong view, RandAugment + cutout as SCAN's
+        self-labelling, from epoch ``from_epoch`` on."""
         self._require_setup()
         self.train_dataset.strong = strong_transform(self.view_preset, self.image_size) if on else None
+        self.train_dataset.strong_from_epoch = int(from_epoch)
 
     # ---------------------------------------------------------------- checkpoint
 
@@ -459,13 +475,17 @@ class LongTailDataModule(LightningDataModule):
         """The training subset, recorded in every checkpoint (indices and their hash)."""
         if self.train_indices is None:
             return {}
-        return {"dataset": self.hparams.dataset, "subset_hash": self.subset_hash,
-                "train_indices": torch.from_numpy(self.train_indices.copy())}
+        state = {"dataset": self.hparams.dataset, "subset_hash": self.subset_hash,
+                 "train_indices": torch.from_numpy(self.train_indices.copy())}
+        if self._train_sampler is not None:  # the next epoch it will draw (it counts its iterations)
+            state["sampler_epoch"] = self._train_sampler.epoch
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Reuse a checkpoint's subset; warn when it differs from what the rule gives now."""
         if not state_dict or "train_indices" not in state_dict:
             return
+        self._resume_epoch = int(state_dict.get("sampler_epoch", 0))
         indices = np.asarray(torch.as_tensor(state_dict["train_indices"]).numpy(),
                              dtype=np.int64)
         restored = subset_hash(indices)

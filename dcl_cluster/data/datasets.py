@@ -93,7 +93,7 @@ class ViewDataset(Dataset):
     or, once a neighbour table or the strong view is on, a dict keyed ``"a"``, ``"b"``,
     ``"clean"``, ``"neighbor"``, ``"strong"``.
 
-    Indexed by ``(i, seed)`` pairs (what :class:`SeededEpochSampler` yields), the random
+    Indexed by ``(i, seed, epoch)`` (what :class:`SeededEpochSampler` yields), the random
     views (and which neighbour is drawn) follow ``seed`` and the seed is passed on for the
     batch's photometric augmentation; indexed by a plain ``i``, they use the global random state.
 
@@ -104,10 +104,13 @@ class ViewDataset(Dataset):
         clean: the deterministic transform; when given, its output is appended last.
 
     Attributes:
-        neighbors: ``(N, k)`` indices of each image's nearest neighbours (SCAN, METHOD.md 2.6)
-            or ``None``; when set, a random neighbour's augmented view comes as ``"neighbor"``.
-        strong: the strong per-image transform (RandAugment + cutout) or ``None``; when set,
-            the ``"strong"`` view comes too.
+        neighbors: ``(N, k)`` int64 tensor of each image's nearest neighbours (SCAN, METHOD.md
+            2.6), in shared memory so that loader workers see a table filled in later; rows of
+            ``-1`` are not mined yet. When a row is mined, a random neighbour's augmented view
+            comes as ``"neighbor"``.
+        strong: the strong per-image transform (RandAugment + cutout) or ``None``; with it, the
+            ``"strong"`` view comes from epoch ``strong_from_epoch`` on (the epoch is part of
+            the sampler's key, so a worker made before the switch still knows when it is on).
     """
 
     def __init__(self, images, labels: np.ndarray, view: Callable,
@@ -116,23 +119,25 @@ class ViewDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
         self.view, self.clean = view, clean
-        self.neighbors: np.ndarray | None = None
+        self.neighbors: torch.Tensor | None = None
         self.strong: Callable | None = None
+        self.strong_from_epoch = 0
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, key):
-        i, seed = key if isinstance(key, tuple) else (key, None)
+        i, seed, epoch = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
         img = self.images[i]
         with seeded(seed):
             views = [self.view(img), self.view(img)]
             named = {}
-            if self.neighbors is not None:  # an image past the table (unlabelled extras) is its own neighbour
-                row = self.neighbors[i] if i < len(self.neighbors) else np.array([i])
+            table = self.neighbors
+            if table is not None and i < len(table) and int(table[i, 0]) >= 0:  # unlabelled extras: none
+                row = table[i]
                 j = int(row[int(torch.randint(len(row), ()))])
                 named["neighbor"] = self.view(self.images[j])
-            if self.strong is not None:
+            if self.strong is not None and (epoch is None or epoch >= self.strong_from_epoch):
                 named["strong"] = self.strong(img)
         if self.clean is not None:
             views.append(self.clean(img))
@@ -165,7 +170,8 @@ class SeededEpochSampler(Sampler):
     Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the orders of
     the uninterrupted one; used alone, each new iteration moves to the next epoch. With
     ``augmentation_seeds=True`` it yields ``(index, augmentation_seed(seed, epoch, index))``
-    pairs for :class:`ViewDataset`, so the views are reproducible too.
+    pairs for :class:`ViewDataset` (with the epoch: ``(index, seed, epoch)``), so the views are
+    reproducible too.
 
     Examples:
         >>> list(SeededEpochSampler(5, seed=0)) == list(SeededEpochSampler(5, seed=0))
@@ -188,5 +194,5 @@ class SeededEpochSampler(Sampler):
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = torch.randperm(self.num_samples, generator=g).tolist()
         if self.augmentation_seeds:
-            return iter([(i, augmentation_seed(self.seed, epoch, i)) for i in order])
+            return iter([(i, augmentation_seed(self.seed, epoch, i), epoch) for i in order])
         return iter(order)

@@ -123,6 +123,14 @@ class Objective(nn.Module):
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
 
+    def on_setup(self, module: nn.Module) -> None:
+        """Called at the module's ``setup`` for fitting, before any data loader (and its
+        workers) exists: hand the datamodule what the term will need (views, schedules)."""
+
+    def on_fit_start(self, module: nn.Module) -> None:
+        """Called once a fit starts, after a checkpoint's weights and buffers are restored
+        (the loop's epoch is not yet): e.g. fill a table the datamodule shares with its workers."""
+
     def on_train_epoch_start(self, module: nn.Module) -> None:
         """Called at the start of every training epoch, after the module has readied its
         cluster head (e.g. to mine nearest neighbours at the end of the warm-up)."""

@@ -14,7 +14,7 @@ from dcl_cluster.losses.scan import confident_self_label_loss, scan_loss
 from dcl_cluster.objectives.base import Needs, Objective
 from dcl_cluster.objectives.step import StepOutputs
 
-__all__ = ["SCANConsistency", "ConfidentSelfLabel", "nearest_neighbors", "clustering_epoch_share"]
+__all__ = ["SCANConsistency", "ConfidentSelfLabel", "nearest_neighbors", "clustering_epoch"]
 
 PRIORS = ("uniform", "cluster_prior")
 
@@ -42,15 +42,16 @@ def nearest_neighbors(features: Tensor, k: int, chunk_size: int = 4096) -> Tenso
     return torch.cat(out)
 
 
-def clustering_epoch_share(module: nn.Module) -> float | None:
-    """The share of the clustering phase done at the start of this epoch (``None`` in the warm-up)."""
-    warmup, epoch = module.hparams.warmup_epochs, module.current_epoch
-    max_epochs = module.trainer.max_epochs
-    if epoch < warmup:
-        return None
-    if max_epochs in (None, -1) or max_epochs <= warmup:
-        return 0.0
-    return (epoch - warmup) / (max_epochs - warmup)
+def clustering_epoch(module: nn.Module, share: float) -> int:
+    """The first epoch whose start lies at or past ``share`` of the clustering phase.
+
+    Raises:
+        ValueError: a run without ``trainer.max_epochs``: the schedule is in epochs.
+    """
+    warmup, max_epochs = module.hparams.warmup_epochs, module.trainer.max_epochs
+    if max_epochs in (None, -1):
+        raise ValueError("SCAN's stages are scheduled as shares of the clustering epochs: set trainer.max_epochs")
+    return warmup + math.ceil(share * max(0, max_epochs - warmup) - 1e-9)
 
 
 class SCANConsistency(Objective):
@@ -96,7 +97,7 @@ class SCANConsistency(Objective):
         self.stop = stop
         self.register_buffer("neighbors", torch.empty(0, 0, dtype=torch.long))
         self.register_buffer("mined_epoch", torch.tensor(-1))
-        self._active = True
+        self._stop_epoch = 1 << 62  # set at fit start from the schedule
 
     def check(self) -> None:
         super().check()
@@ -122,35 +123,50 @@ class SCANConsistency(Objective):
             self.neighbors = torch.empty_like(saved, device=self.neighbors.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def on_train_epoch_start(self, module: nn.Module) -> None:
+    def on_setup(self, module: nn.Module) -> None:
+        # Lightning makes the first loader (and its workers) before any hook after setup: give the
+        # datamodule a table of -1 rows in shared memory now; mining (or a restore) fills it in place
+        if module.hparams.warmup_epochs < 1:
+            raise ValueError("SCANConsistency mines neighbours on the features at the end of the warm-up: "
+                             f"set warmup_epochs >= 1, got {module.hparams.warmup_epochs}")
+        self._stop_epoch = clustering_epoch(module, self.stop)
         dm = getattr(module.trainer, "datamodule", None)
-        images = len(getattr(dm, "train_eval_dataset", None) or ()) or None
-        if images is not None and self.num_neighbors >= images:  # said at the first epoch, not after the warm-up
+        if dm is None or not hasattr(dm, "set_neighbors"):
+            return
+        images = len(getattr(dm, "train_eval_dataset", None) or ())
+        if self.num_neighbors >= images > 0:  # said at the start, not after the warm-up
             raise ValueError(f"num_neighbors={self.num_neighbors} needs more training images than the "
                              f"{images} there are: use num_neighbors <= {images - 1}")
-        share = clustering_epoch_share(module)
-        head = module.cluster_head
-        if share is None or head is None or not head.ready:
-            return
-        self._active = share < self.stop
-        epoch = module.current_epoch
-        mined = int(self.mined_epoch)
-        due = mined < 0 or (self.mine_every > 0 and epoch - mined >= self.mine_every)
-        if due and self._active:
-            if dm is None or not hasattr(dm, "train_eval_dataloader"):
-                raise ValueError("SCAN mines neighbours on the un-augmented training images: train with a datamodule "
-                                 "that has train_eval_dataloader() (LongTailDataModule does)")
-            table = nearest_neighbors(module.embed_loader(dm.train_eval_dataloader()), self.num_neighbors)
-            table = table.to(module.device)
-            if module.trainer.world_size > 1:  # rank 0's table everywhere
-                table = module.trainer.strategy.broadcast(table, src=0)
-            self.neighbors = table.to(self.neighbors.device)
-            self.mined_epoch.fill_(epoch)
+        dm.set_neighbors(torch.full((images, self.num_neighbors), -1, dtype=torch.long))
+
+    def on_fit_start(self, module: nn.Module) -> None:
+        dm = getattr(module.trainer, "datamodule", None)
         if self.neighbors.numel() and dm is not None and hasattr(dm, "set_neighbors"):
+            dm.set_neighbors(self.neighbors.cpu())  # a restored table, into the shared one
+
+    def on_train_epoch_start(self, module: nn.Module) -> None:
+        dm = getattr(module.trainer, "datamodule", None)
+        head = module.cluster_head
+        epoch = module.current_epoch
+        if epoch < module.hparams.warmup_epochs or head is None or not head.ready or epoch >= self._stop_epoch:
+            return
+        mined = int(self.mined_epoch)
+        if mined >= 0 and not (self.mine_every > 0 and epoch - mined >= self.mine_every):
+            return
+        if dm is None or not hasattr(dm, "train_eval_dataloader"):
+            raise ValueError("SCAN mines neighbours on the un-augmented training images: train with a datamodule "
+                             "that has train_eval_dataloader() (LongTailDataModule does)")
+        table = nearest_neighbors(module.embed_loader(dm.train_eval_dataloader()), self.num_neighbors)
+        table = table.to(module.device)
+        if module.trainer.world_size > 1:  # rank 0's table everywhere
+            table = module.trainer.strategy.broadcast(table, src=0)
+        self.neighbors = table.to(self.neighbors.device)
+        self.mined_epoch.fill_(epoch)
+        if hasattr(dm, "set_neighbors"):
             dm.set_neighbors(self.neighbors)
 
     def active(self, step: StepOutputs) -> bool:
-        return self._active
+        return step.epoch < self._stop_epoch
 
     def forward(self, step: StepOutputs) -> Tensor:
         prior = None
@@ -191,7 +207,7 @@ class ConfidentSelfLabel(Objective):
         self.threshold = threshold
         self.class_balance = class_balance
         self.start = start
-        self._active = True
+        self._start_epoch = 0  # set at fit start from the schedule
 
     def check(self) -> None:
         super().check()
@@ -203,15 +219,16 @@ class ConfidentSelfLabel(Objective):
     def needs(self) -> Needs:
         return Needs(views=("clean", "strong"), head=("cosine", "softmax"), clustering=True)
 
-    def on_train_epoch_start(self, module: nn.Module) -> None:
-        share = clustering_epoch_share(module)
-        self._active = share is not None and share >= self.start
+    def on_setup(self, module: nn.Module) -> None:
+        # the strong view is switched on by epoch inside the dataset (the sampler's key carries the
+        # epoch): set before any loader exists, it serves from the right epoch in every worker
+        self._start_epoch = clustering_epoch(module, self.start)
         dm = getattr(module.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "serve_strong_view"):
-            dm.serve_strong_view(self._active)
+            dm.serve_strong_view(True, from_epoch=self._start_epoch)
 
     def active(self, step: StepOutputs) -> bool:
-        return self._active
+        return step.epoch >= self._start_epoch
 
     def forward(self, step: StepOutputs) -> Tensor:
         return confident_self_label_loss(step.logits["clean"], step.logits["strong"], self.threshold,
