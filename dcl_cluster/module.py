@@ -17,14 +17,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcl_cluster.cluster.centroids import kmeans_centroids
-from dcl_cluster.cluster.estimate_k import estimate_num_clusters
 from dcl_cluster.distributed import gather_with_grad, world_size
+from dcl_cluster.head_setup import ClusterHeadSetup
 from dcl_cluster.losses.checks import tensor_value_checks
-from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, cluster_head, feature_dim
+from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, feature_dim
 from dcl_cluster.nn.heads import HEAD_KINDS
 from dcl_cluster.objectives import Objective, StepOutputs, apply_term_settings, build_objectives
 from dcl_cluster.objectives.assembly import check_finite, check_num_clusters, head_kind_for, step_metrics, views_for
@@ -35,7 +33,7 @@ from dcl_cluster.presets import preset
 __all__ = ["DebiasedClusterModule", "StepOutputs"]
 
 
-class DebiasedClusterModule(pl.LightningModule):
+class DebiasedClusterModule(ClusterHeadSetup, pl.LightningModule):
     """Joint debiased contrastive learning and clustering for long-tailed images.
 
     Trains ``sum(term.weight * term(step) for term in objectives)`` (METHOD.md 2.4); the
@@ -229,20 +227,17 @@ class DebiasedClusterModule(pl.LightningModule):
         dim = feature_dim(self.backbone, in_channels, image_size)
         if self.projector is None:
             self.projector = MLPProjectionHead(dim, hp.projection_hidden_dim, hp.projection_dim)
+        self.hparams.update(in_channels=in_channels, input_size=image_size, num_clusters=num_clusters)
         if self.head_kind is not None and self.cluster_head is None and not auto:
-            check_num_clusters(num_clusters)
-            self.cluster_head = cluster_head(self.head_kind, dim, num_clusters, alpha=hp.student_t_alpha,
-                                             hidden_dim=hp.cluster_hidden_dim, scale=hp.cosine_scale)
-            self.cluster_prior = torch.full((num_clusters,), 1.0 / num_clusters)
+            self._build_head(num_clusters, dim)  # the head, the prior and the terms' state
+        elif not auto:
+            for term in self.objectives:
+                term.build(num_clusters)
         if hp.detach_cluster_input and self.cluster_head is None and not (auto and self.head_kind is not None):
             raise ValueError("detach_cluster_input=True needs a cluster head: no objective term uses one "
                              "(set cluster_head or add a clustering term)")
-        if not auto:
-            for term in self.objectives:
-                term.build(num_clusters)
         if hp.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.hparams.update(in_channels=in_channels, input_size=image_size, num_clusters=num_clusters)
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -440,14 +435,6 @@ class DebiasedClusterModule(pl.LightningModule):
             for p in self.cluster_head.parameters():
                 p.grad = None
 
-    @torch.no_grad()
-    def _update_cluster_prior(self, q: Tensor, gathered: bool) -> None:
-        batch_sizes = q.float().mean(dim=0)
-        if not gathered and self._trainer is not None and self.trainer.world_size > 1:
-            batch_sizes = self.trainer.strategy.reduce(batch_sizes, reduce_op="mean")
-        m = self.hparams.prior_momentum
-        self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
-
     def on_train_epoch_start(self) -> None:
         if self.hparams.num_clusters == "auto" and self.current_epoch >= self.hparams.warmup_epochs:
             self.build_estimated_head()
@@ -456,120 +443,6 @@ class DebiasedClusterModule(pl.LightningModule):
             self.init_centroids()
         for term in self.objectives:
             term.on_train_epoch_start(self)
-
-    def estimate_num_clusters(self, loader: Any = None) -> int:
-        """``K`` by :func:`~dcl_cluster.cluster.estimate_num_clusters` (at most ``max_clusters``,
-        cosine for a cosine head, else Euclidean) on the backbone features of ``loader``
-        (default the datamodule's ``train_eval_dataloader()``)."""
-        if loader is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "train_eval_dataloader"):
-                raise ValueError("num_clusters='auto' estimates K on training features: train with a datamodule "
-                                 "that has train_eval_dataloader() (LongTailDataModule does)")
-            loader = dm.train_eval_dataloader()
-        features = self.embed_loader(loader).cpu()
-        k_max = self.hparams.max_clusters
-        if k_max > features.shape[0]:
-            raise ValueError(f"max_clusters={k_max} is above the number of training images ({features.shape[0]}); "
-                             f"use max_clusters <= {features.shape[0]}")
-        metric = "cosine" if self.head_kind == "cosine" else "euclidean"
-        return estimate_num_clusters(features, k_max, seed=0, metric=metric)
-
-    def build_estimated_head(self, k: int | None = None) -> int:
-        """With ``num_clusters="auto"``: estimate ``K`` (unless given), build the cluster head and
-        the terms' state for it, add the head to the running optimizer (and its schedule), log
-        ``train/num_clusters`` and store ``K`` in the hyperparameters. Returns ``K``."""
-        k = self.estimate_num_clusters() if k is None else int(k)
-        self._build_head(k)
-        if self._trainer is not None and self.trainer.optimizers and self.cluster_head is not None:
-            self._add_head_to_optimizer(self.trainer.optimizers[0], self.trainer.lr_scheduler_configs)
-        self.log("train/num_clusters", float(k), on_step=False, on_epoch=True)
-        print(f"num_clusters='auto': estimated K={k} (max_clusters={self.hparams.max_clusters}) on the training "
-              f"features at epoch {self.current_epoch}", flush=True)
-        return k
-
-    def _build_head(self, k: int) -> None:
-        """The cluster head and the terms' state for ``k`` clusters, on the module's device."""
-        hp = self.hparams
-        check_num_clusters(k)
-        if self.head_kind is not None:
-            dim = feature_dim(self.backbone, hp.in_channels, hp.input_size)
-            self.cluster_head = cluster_head(self.head_kind, dim, k, alpha=hp.student_t_alpha,
-                                             hidden_dim=hp.cluster_hidden_dim, scale=hp.cosine_scale).to(self.device)
-            self.cluster_prior = torch.full((k,), 1.0 / k, device=self.device)
-        for term in self.objectives:
-            term.build(k)
-            term.to(self.device)
-        self.hparams.num_clusters = k
-
-    def _add_head_to_optimizer(self, optimizer: Any, scheduler_configs: Any = ()) -> None:
-        """Append the head's parameters as a new group with the first group's settings; a
-        LambdaLR gets the first group's schedule for it, at the current step's factor."""
-        settings = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "initial_lr")}
-        group = {**settings, "params": list(self.cluster_head.parameters())}
-        for config in scheduler_configs or ():
-            scheduler = config.scheduler
-            if scheduler.optimizer is optimizer and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-                base = scheduler.base_lrs[0]
-                group.update(initial_lr=base, lr=base * scheduler.lr_lambdas[0](scheduler.last_epoch))
-                optimizer.add_param_group(group)
-                scheduler.base_lrs.append(base)
-                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
-                if hasattr(scheduler, "_last_lr"):
-                    scheduler._last_lr.append(group["lr"])
-                break
-        else:
-            optimizer.add_param_group(group)
-        self._head_param_group = True
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a run that estimated K (num_clusters="auto") saved a head of that size and an optimizer
-        # whose last group is the head: rebuild both before the state loads
-        k = checkpoint.get("hyper_parameters", {}).get("num_clusters")
-        has_head = any(key.startswith("cluster_head.") for key in checkpoint.get("state_dict", {}))
-        if isinstance(k, int) and has_head and self.cluster_head is None and self.head_kind is not None:
-            self._build_head(k)
-        groups = [len(s.get("param_groups", ())) for s in checkpoint.get("optimizer_states", ())]
-        if groups and groups[0] == 2 and self.cluster_head is not None:
-            self._head_param_group = True
-
-    @torch.no_grad()
-    def init_centroids(self, loader: Any = None) -> None:
-        """Initialise a k-means initialised cluster head (Student-t centroids, cosine
-        prototypes) and the cluster prior by k-means on the backbone features of the
-        training set, identically on every process.
-
-        Args:
-            loader: Batches ``(x, ...)`` of un-augmented training images; default the
-                datamodule's ``train_eval_dataloader()``.
-        """
-        if loader is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            if dm is None or not hasattr(dm, "train_eval_dataloader"):
-                raise ValueError("the cluster head is initialised from training features: train with a datamodule "
-                                 "that has train_eval_dataloader() (LongTailDataModule does) or call "
-                                 "init_centroids(loader)")
-            loader = dm.train_eval_dataloader()
-        features = self.embed_loader(loader)
-        if getattr(self.cluster_head, "normalize_features", False):
-            features = F.normalize(features, dim=1)
-        centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init)
-        centers = centers.to(self.device)
-        if self._trainer is not None and self.trainer.world_size > 1:  # rank 0's result everywhere
-            centers = self.trainer.strategy.broadcast(centers, src=0)
-            sizes = self.trainer.strategy.broadcast(sizes, src=0)
-        self.cluster_head.init_centroids(centers)
-        self.cluster_prior.copy_((sizes / sizes.sum()).to(self.cluster_prior))
-
-    @torch.no_grad()
-    def embed_loader(self, loader: Any) -> Tensor:
-        """Backbone features ``(N, F)`` (float32) of every batch ``(x, ...)`` of ``loader``, in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            return torch.cat([self(batch[0].to(self.device)).float() for batch in loader])
-        finally:
-            self.train(was_training)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # terms edited after construction are saved with their current settings

@@ -106,11 +106,7 @@ def unlabelled_report(model: torch.nn.Module, datamodule: Any, log_dir: str | No
             table.add_row(split, source, str(int(d["clusters_used"])), _sizes_cell(d["cluster_sizes"]),
                           _cell(d.get("mean_confidence")), _cell(d["silhouette"]))
     Console().print(table)
-    if log_dir is not None:
-        path = Path(log_dir) / "final_metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        Console().print(f"diagnostics written to {path}")
+    _write_report(report, log_dir, "diagnostics")
     return report
 
 
@@ -164,9 +160,15 @@ def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[
         for source, scores in by_source.items():
             table.add_row(split, source, *(_cell(scores.get(c)) for c in _COLUMNS))
     Console().print(table)
-    if log_dir is not None:
-        path = Path(log_dir) / "final_metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2))
-        Console().print(f"scores written to {path}")
+    _write_report(report, log_dir, "scores")
     return report
+
+
+def _write_report(report: dict, log_dir: str | Path | None, what: str) -> None:
+    """``final_metrics.json`` in the run's log directory (when it has one), and a line saying where."""
+    if log_dir is None:
+        return
+    path = Path(log_dir) / "final_metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    Console().print(f"{what} written to {path}")

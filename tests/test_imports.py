@@ -19,7 +19,8 @@ DOCS = ROOT / "docs" / "index.md"
 
 ALLOWED = {  # part -> the parts it may import (a part: a subpackage or a top-level module)
     "cli": {"callbacks", "data", "module", "report"},
-    "module": {"cluster", "distributed", "losses", "nn", "objectives", "optim", "presets"},
+    "module": {"distributed", "head_setup", "losses", "nn", "objectives", "optim", "presets"},
+    "head_setup": {"cluster", "nn", "objectives"},
     "callbacks": {"cluster", "distributed", "metrics"},
     "report": {"cluster", "metrics"},
     "presets": {"objectives"},

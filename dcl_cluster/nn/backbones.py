@@ -13,6 +13,13 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from dcl_cluster.nn.pretrained import (
+    forward_partly_frozen,
+    freeze_all_but_last_blocks,
+    keep_in_eval,
+    load_weights_file,
+)
+
 __all__ = ["ResNet", "SmallCNN", "MLP", "feature_dim"]  # TimmBackbone: dcl_cluster.nn.pretrained
 
 _RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -60,32 +67,21 @@ class ResNet(nn.Module):
             net.maxpool = nn.Identity()
         net.fc = nn.Identity()
         if weights_file:
-            from dcl_cluster.nn.pretrained import load_weights_file
-
             load_weights_file(net, weights_file, ignore_prefixes=("fc",))
         self.net = net
         self.out_dim = _RESNETS[name]
         self.trainable_blocks = trainable_blocks
         self._frozen: list[nn.Module] = []
         if trainable_blocks is not None:
-            from dcl_cluster.nn.pretrained import freeze_all_but_last_blocks
-
             self._frozen = freeze_all_but_last_blocks(net, trainable_blocks)
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        for m in self._frozen:  # frozen layers keep their BatchNorm statistics
-            m.eval()
+        keep_in_eval(self._frozen)  # frozen layers keep their BatchNorm statistics
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        for m in self._frozen:  # also when a trainer set the modes one by one, bypassing train()
-            if m.training:
-                m.eval()
-        if self.trainable_blocks == 0:
-            with torch.no_grad():  # a frozen encoder: no graph through it
-                return self.net(x)
-        return self.net(x)
+        return forward_partly_frozen(self.net, x, self._frozen, self.trainable_blocks)
 
 
 def _is_weights_file(weights: str) -> bool:

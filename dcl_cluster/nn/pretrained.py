@@ -143,6 +143,24 @@ def freeze_all_but_last_blocks(model: nn.Module, trainable_blocks: int) -> list[
     return [m for m in model.modules() if not list(m.children()) and id(m) not in keep]
 
 
+def keep_in_eval(frozen: list[nn.Module]) -> None:
+    """Put frozen sub-modules (back) in eval mode: their BatchNorm statistics and dropout stay off."""
+    for m in frozen:
+        if m.training:
+            m.eval()
+
+
+def forward_partly_frozen(net: nn.Module, x: Tensor, frozen: list[nn.Module], trainable_blocks: int | None) -> Tensor:
+    """``net(x)`` with its frozen parts in eval mode (also when a trainer set the modes one by one,
+    bypassing ``train()``); a wholly frozen encoder (``trainable_blocks=0``) runs without a graph."""
+    keep_in_eval(frozen)
+    if trainable_blocks == 0:
+        with torch.no_grad():
+            return net(x)
+    return net(x)
+
+
+
 class TimmBackbone(nn.Module):
     """Any timm model (``timm.create_model(name, num_classes=0)``) as a backbone of pooled features.
 
@@ -208,15 +226,8 @@ class TimmBackbone(nn.Module):
 
     def train(self, mode: bool = True) -> TimmBackbone:
         super().train(mode)
-        for m in self._frozen:  # frozen parts keep their statistics and no dropout
-            m.eval()
+        keep_in_eval(self._frozen)  # frozen parts keep their statistics and no dropout
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        for m in self._frozen:  # also when a trainer set the modes one by one, bypassing train()
-            if m.training:
-                m.eval()
-        if self.trainable_blocks == 0:
-            with torch.no_grad():  # a frozen encoder: no graph through it
-                return self.model(x)
-        return self.model(x)
+        return forward_partly_frozen(self.model, x, self._frozen, self.trainable_blocks)

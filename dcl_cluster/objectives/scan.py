@@ -153,10 +153,8 @@ class SCANConsistency(Objective):
         mined = int(self.mined_epoch)
         if mined >= 0 and not (self.mine_every > 0 and epoch - mined >= self.mine_every):
             return
-        if dm is None or not hasattr(dm, "train_eval_dataloader"):
-            raise ValueError("SCAN mines neighbours on the un-augmented training images: train with a datamodule "
-                             "that has train_eval_dataloader() (LongTailDataModule does)")
-        table = nearest_neighbors(module.embed_loader(dm.train_eval_dataloader()), self.num_neighbors)
+        loader = module.training_images_loader("SCAN mines neighbours")
+        table = nearest_neighbors(module.embed_loader(loader), self.num_neighbors)
         table = table.to(module.device)
         if module.trainer.world_size > 1:  # rank 0's table everywhere
             table = module.trainer.strategy.broadcast(table, src=0)
