@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dcl_cluster.distributed import gather_with_grad, world_size
+from dcl_cluster.frozen_encoder import FrozenEncoderFeatures
 from dcl_cluster.head_setup import ClusterHeadSetup
 from dcl_cluster.losses.checks import tensor_value_checks
 from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, feature_dim
@@ -33,7 +34,7 @@ from dcl_cluster.presets import preset
 __all__ = ["DebiasedClusterModule", "StepOutputs"]
 
 
-class DebiasedClusterModule(ClusterHeadSetup, pl.LightningModule):
+class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.LightningModule):
     """Joint debiased contrastive learning and clustering for long-tailed images.
 
     Trains ``sum(term.weight * term(step) for term in objectives)`` (METHOD.md 2.4); the
@@ -264,6 +265,8 @@ class DebiasedClusterModule(ClusterHeadSetup, pl.LightningModule):
             term.check()
         if stage == "fit" and self.extra_views and dm is not None:
             self._request_views(dm)
+        if stage == "fit" and dm is not None and self._trainer is not None:
+            self.serve_frozen_features(dm)  # a frozen encoder: its features once, cached
         if stage == "fit" and self._trainer is not None:
             for term in self.objectives:  # before any loader: Lightning makes the first one for its step count
                 term.on_setup(self)
@@ -287,6 +290,7 @@ class DebiasedClusterModule(ClusterHeadSetup, pl.LightningModule):
 
     def on_fit_start(self) -> None:
         hp, trainer = self.hparams, self.trainer
+        self.check_cached_weights()
         for term in self.objectives:  # after a restore of weights and buffers
             term.on_fit_start(self)
         if hp.num_clusters == "auto" and trainer.world_size > 1:
@@ -326,7 +330,10 @@ class DebiasedClusterModule(ClusterHeadSetup, pl.LightningModule):
     # ------------------------------------------------------------------ training
 
     def forward(self, x: Tensor) -> Tensor:
-        """Backbone features ``h`` (the embeddings used for k-means and kNN evaluation)."""
+        """Backbone features ``h`` (the embeddings used for k-means and kNN evaluation); a
+        frozen encoder's cached feature rows ``(B, F)`` pass through."""
+        if self.passes_features(x):
+            return x
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.backbone(x).flatten(1)

@@ -19,8 +19,9 @@ DOCS = ROOT / "docs" / "index.md"
 
 ALLOWED = {  # part -> the parts it may import (a part: a subpackage or a top-level module)
     "cli": {"callbacks", "data", "module", "report"},
-    "module": {"distributed", "head_setup", "losses", "nn", "objectives", "optim", "presets"},
+    "module": {"distributed", "frozen_encoder", "head_setup", "losses", "nn", "objectives", "optim", "presets"},
     "head_setup": {"cluster", "nn", "objectives"},
+    "frozen_encoder": {"data"},
     "callbacks": {"cluster", "distributed", "metrics"},
     "report": {"cluster", "metrics"},
     "presets": {"objectives"},

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,15 @@ from dcl_cluster.data.datasets import (
     SeededEpochSampler,
     ViewDataset,
     image_store,
+)
+from dcl_cluster.data.feature_cache import (
+    CachedViewDataset,
+    FeatureRows,
+    cache_key,
+    default_cache_dir,
+    encode_rows,
+    images_fingerprint,
+    load_or_build,
 )
 from dcl_cluster.data.long_tail import (
     PROFILES,
@@ -115,6 +126,13 @@ class LongTailDataModule(LightningDataModule):
         val_split: ``"auto"`` (the source's val split if it has one, else test), ``"val"``
             or ``"test"``.
         eval_batch_size: batch size of the evaluation loaders; default ``batch_size``.
+        feature_cache: with a frozen encoder (``trainable_blocks=0``), train and evaluate on
+            its features computed once and cached on disk (:meth:`serve_cached_features`,
+            which ``DebiasedClusterModule`` calls at ``setup``); ``False``: images every epoch.
+        feature_cache_dir: the cache's folder; default ``$DCL_CLUSTER_CACHE/features`` or
+            ``~/.cache/dcl_cluster/features``.
+        cached_views: augmented views cached per training image (at least 2); training draws
+            two different ones per image and epoch.
 
     Attributes:
         train_class_counts: images per class in the long-tailed train set (class order).
@@ -164,6 +182,9 @@ class LongTailDataModule(LightningDataModule):
         test_fraction: float = 0.3,
         val_split: str = "auto",
         eval_batch_size: int | None = None,
+        feature_cache: bool = True,
+        feature_cache_dir: str | os.PathLike | None = None,
+        cached_views: int = 8,
     ):
         super().__init__()
         check_dataset_name(dataset)
@@ -181,6 +202,7 @@ class LongTailDataModule(LightningDataModule):
             _check_int("image_size", image_size, 1)
         if eval_batch_size is not None:
             _check_int("eval_batch_size", eval_batch_size, 1)
+        _check_int("cached_views", cached_views, 2)
         if not (isinstance(test_fraction, float | int) and 0 < test_fraction < 1):
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
         if crop_min_scale is not None and not 0 < crop_min_scale <= 1:
@@ -191,8 +213,9 @@ class LongTailDataModule(LightningDataModule):
         if include_unlabeled and dataset != "stl10":
             raise ValueError(f"include_unlabeled=True needs dataset='stl10', got {dataset!r}")
         self.save_hyperparameters()
-        if data_dir is not None:  # a str in checkpoints: torch.load(weights_only=True) refuses a Path
-            self.hparams.data_dir = os.fspath(data_dir)
+        for name, value in (("data_dir", data_dir), ("feature_cache_dir", feature_cache_dir)):
+            if value is not None:  # a str in checkpoints: torch.load(weights_only=True) refuses a Path
+                self.hparams[name] = os.fspath(value)
         self.batch_size = batch_size  # an attribute, so Lightning's batch-size tuner can set it
         self.train_class_counts: list[int] = []
         self.val_class_counts: list[int] = []
@@ -207,6 +230,9 @@ class LongTailDataModule(LightningDataModule):
         self._restored_indices: np.ndarray | None = None
         self._resume_epoch = 0  # the training sampler's next epoch, from a checkpoint
         self._train_sampler: SeededEpochSampler | None = None
+        self._encoder: tuple[Callable[[torch.Tensor], torch.Tensor], str, str] | None = None
+        #: the feature cache file in use (:meth:`serve_cached_features`), else ``None``
+        self.feature_cache_path: Path | None = None
 
     # ---------------------------------------------------------------- setup
 
@@ -313,6 +339,9 @@ class LongTailDataModule(LightningDataModule):
             self.predict_dataset = EvalDataset(image_store(paths), -np.ones(len(paths), dtype=np.int64), clean)
             self.predict_paths = paths
         self.num_train_samples = len(self.train_dataset)
+        self.feature_cache_path = None
+        if self._encoder is not None:  # a checkpoint's subset replaced the cached one: cache that
+            self.serve_cached_features(*self._encoder)
         if self.labelled:
             self._warn_thin_classes(data)
         if self.batch_size > self.num_train_samples:
@@ -356,6 +385,7 @@ class LongTailDataModule(LightningDataModule):
     def _loader(self, dataset, batch_size: int, collate, sampler=None, shuffle=False,
                 drop_last=False) -> DataLoader:
         hp = self.hparams
+        collate = getattr(dataset, "collate", collate)  # cached features bring their own
         generator = torch.Generator().manual_seed(hp.seed)
         workers = self.num_workers
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle,
@@ -441,7 +471,9 @@ class LongTailDataModule(LightningDataModule):
                            "(nearest neighbours, the strong view), which each epoch's new workers see")
         if "clean" in views and not hp.clean_view:
             hp.clean_view = True
-            if getattr(self, "train_dataset", None) is not None:
+            if self.feature_cache_path is not None:
+                self.train_dataset.clean = self._clean_features
+            elif getattr(self, "train_dataset", None) is not None:
                 self.train_dataset.clean = self.train_eval_dataset.transform
 
     def set_neighbors(self, neighbors) -> None:
@@ -466,8 +498,94 @@ class LongTailDataModule(LightningDataModule):
         """Serve (or stop serving) the strong view, RandAugment + cutout as SCAN's
         self-labelling, from epoch ``from_epoch`` on."""
         self._require_setup()
+        if on and self.feature_cache_path is not None:
+            raise ValueError("the strong view (SCAN's self-labelling) augments images, but this run trains on a "
+                             "frozen encoder's cached features: set feature_cache: false to train on images")
         self.train_dataset.strong = strong_transform(self.view_preset, self.image_size) if on else None
         self.train_dataset.strong_from_epoch = int(from_epoch)
+
+    def serve_cached_features(self, encode: Callable[[torch.Tensor], torch.Tensor], weights_key: str,
+                              precision: str = "32-true") -> Path:
+        """Serve a frozen encoder's features instead of images, from the feature cache
+        (:mod:`dcl_cluster.data.feature_cache`), computing them once when the cache has no file
+        for this data and these weights.
+
+        Afterwards ``train_dataloader()`` yields two different cached views' features per image
+        (``(B, F)`` floats, plus ``"clean"`` / ``"neighbor"`` as with images), and
+        ``train_eval/val/test_dataloader()`` the un-augmented images' features;
+        ``predict_dataloader()`` keeps serving images (the contact sheets show them).
+
+        Args:
+            encode: images ``(B, C, S, S)`` -> features ``(B, F)``, the frozen encoder (on its
+                device, in its precision).
+            weights_key: a fingerprint of the encoder's weights
+                (:func:`~dcl_cluster.data.feature_cache.weights_fingerprint`): part of the key.
+            precision: the precision ``encode`` runs in: part of the key.
+
+        Returns:
+            The cache file.
+        """
+        self._require_setup()
+        hp, data = self.hparams, self._source
+        if self.feature_cache_path is not None:
+            return self.feature_cache_path
+        parts = {
+            "dataset": hp.dataset, "train": images_fingerprint(data.train_images),
+            "unlabeled": images_fingerprint(data.unlabeled_images), "test": images_fingerprint(data.test_images),
+            "val": images_fingerprint(data.val_images), "subset": self.subset_hash, "val_split": hp.val_split,
+            "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+            "views": repr(self.view_preset), "seed": hp.seed, "cached_views": hp.cached_views,
+            "weights": weights_key, "precision": precision,
+        }
+        folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else default_cache_dir()
+        path = folder / f"features-{cache_key(parts)}.pt"
+        views, n = hp.cached_views, len(self.train_dataset)
+        use_val = self.val_dataset is not self.test_dataset
+        batch = hp.eval_batch_size or self.batch_size
+
+        def indexed(dataset):
+            return EvalDataset(dataset.images, dataset.labels, dataset.transform, with_index=True)
+
+        def build() -> dict[str, torch.Tensor]:
+            rank_zero_info(f"Computing the frozen encoder's features once: {n} training images x {views} augmented "
+                           f"views + un-augmented, and the evaluation images; cached in {path}")
+            sampler, pairs = SeededEpochSampler(n, hp.seed, augmentation_seeds=True), []
+            for epoch in range((views + 1) // 2):  # the views image training draws in epochs 0, 1, ...
+                sampler.set_epoch(epoch)
+                loader = self._loader(self.train_dataset, batch, self._view_collate, sampler=sampler)
+                pairs.append(encode_rows(encode, loader, n, copies=2))
+            clean = EvalDataset(self.train_dataset.images, self.train_dataset.labels,
+                                self.train_eval_dataset.transform, with_index=True)
+            out = {"views": torch.cat(pairs, dim=1)[:, :views],
+                   "clean": encode_rows(encode, self._loader(clean, batch, self._eval_collate), n)[:, 0],
+                   "test": encode_rows(encode, self._loader(indexed(self.test_dataset), batch, self._eval_collate),
+                                       len(self.test_dataset))[:, 0]}
+            if use_val:
+                out["val"] = encode_rows(encode, self._loader(indexed(self.val_dataset), batch, self._eval_collate),
+                                         len(self.val_dataset))[:, 0]
+            return out
+
+        cached, _ = load_or_build(path, build)
+        expected = {"views": (n, views), "clean": (n,), "test": (len(self.test_dataset),)}
+        if use_val:
+            expected["val"] = (len(self.val_dataset),)
+        wrong = [k for k, shape in expected.items() if k not in cached or tuple(cached[k].shape[:-1]) != shape]
+        if wrong:
+            raise ValueError(f"the feature cache {path} does not fit this data ({', '.join(wrong)}): delete it to "
+                             "compute the features again")
+        neighbors = getattr(self.train_dataset, "neighbors", None)
+        self._clean_features = cached["clean"]
+        self.train_dataset = CachedViewDataset(cached["views"], self.train_dataset.labels,
+                                               cached["clean"] if hp.clean_view else None)
+        self.train_dataset.neighbors = neighbors
+        lt_labels = self.train_eval_dataset.labels
+        self.train_eval_dataset = FeatureRows(cached["clean"][: len(lt_labels)], lt_labels, with_index=True)
+        self.test_dataset = FeatureRows(cached["test"], self.test_dataset.labels)
+        self.val_dataset = (FeatureRows(cached["val"], self.val_dataset.labels) if use_val
+                            else self.test_dataset)
+        self._encoder = (encode, weights_key, precision)
+        self.feature_cache_path = path
+        return path
 
     # ---------------------------------------------------------------- checkpoint
 

@@ -1,0 +1,204 @@
+"""Frozen-encoder feature cache: with a frozen encoder the features of every image are computed
+once and stored on disk, keyed by the data and the weights, so the clustering heads train on
+them in seconds.
+
+A frozen encoder (``trainable_blocks=0``: linear clustering heads on DINO features, or any
+backbone whose parameters all have ``requires_grad=False``) maps an image to the same features
+every epoch, except for the random augmentation. The cache holds, per training image, the
+features of ``cached_views`` augmented views (drawn once by the datamodule's own view pipeline,
+seeded) and of the un-augmented image, and the features of the evaluation splits. Training then
+draws two different cached views of an image per epoch (seeded by the same per-image key as
+the image views), so the contrastive and clustering terms keep their two-view form.
+
+The cache file is ``<cache_dir>/features-<key>.pt``; the key hashes everything the features
+depend on: the images (array bytes, or file paths with sizes and modification times), the
+long-tailed subset, the image size, normalisation and view preset, the seed, the number of
+cached views, the precision and the encoder's class and weights. A changed image or weight
+gives a new file; nothing is ever overwritten in place (files are written whole, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+CACHE_FORMAT = 1
+#: the storage dtype of cached features (half the disk and memory of float32; the heads train in float32)
+STORE_DTYPE = torch.float16
+
+
+def default_cache_dir() -> Path:
+    """``$DCL_CLUSTER_CACHE/features``, else ``~/.cache/dcl_cluster/features``."""
+    root = os.environ.get("DCL_CLUSTER_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "dcl_cluster") / "features"
+
+
+def encoder_frozen(backbone: nn.Module | None) -> bool:
+    """Whether ``backbone`` is wholly frozen: ``trainable_blocks == 0``, or parameters that all
+    have ``requires_grad=False``."""
+    if backbone is None:
+        return False
+    if getattr(backbone, "trainable_blocks", None) == 0:
+        return True
+    params = list(backbone.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A hash of ``module``'s class and every tensor of its ``state_dict`` (names, dtypes,
+    shapes, values): equal for equal weights, different when one value differs."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def images_fingerprint(images: Any) -> str:
+    """A hash of a split's images: an array's bytes; a list of files' paths, sizes and
+    modification times; a memory map's file, size and time; ``None`` for no split."""
+    digest = hashlib.blake2b(digest_size=16)
+    if images is None:
+        digest.update(b"none")
+    elif isinstance(images, np.memmap) and images.filename:
+        stat = os.stat(images.filename)
+        digest.update(f"memmap|{images.filename}|{stat.st_size}|{stat.st_mtime_ns}|{images.shape}".encode())
+    elif isinstance(images, np.ndarray):
+        digest.update(f"array|{images.dtype}|{images.shape}".encode())
+        digest.update(np.ascontiguousarray(images).data)
+    elif isinstance(images, list):
+        for path in images:
+            stat = os.stat(path)
+            digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    else:
+        for i in range(len(images)):
+            digest.update(np.ascontiguousarray(np.asarray(images[i])).data)
+    return digest.hexdigest()
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """24 hex digits naming one cache file: a hash of ``parts`` (JSON, keys sorted)."""
+    text = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+@torch.no_grad()
+def encode_rows(encode: Callable[[Tensor], Tensor], loader: DataLoader, num_rows: int,
+                copies: int = 1) -> Tensor:
+    """``(num_rows, copies, F)`` features of a loader's batches, each row at its batch index.
+
+    The loader yields ``(x, y, index)`` (one copy) or ``(views, y, index)`` whose first two
+    views are copies ``2e`` and ``2e + 1`` of epoch ``e``; ``copies`` is what one pass fills
+    (1 or 2). Rows the loader never yields raise (a cache must not hold zeros)."""
+    out: Tensor | None = None
+    seen = torch.zeros(num_rows, dtype=torch.bool)
+    for batch in loader:
+        xs, index = batch[0], batch[2]
+        if isinstance(xs, Mapping):
+            xs = [xs["a"], xs["b"]]
+        xs = [xs] if isinstance(xs, Tensor) else list(xs)[:copies]
+        feats = [encode(x).float().flatten(1).cpu() for x in xs]
+        if out is None:
+            out = torch.zeros(num_rows, copies, feats[0].shape[1], dtype=STORE_DTYPE)
+        for c, f in enumerate(feats):
+            out[index, c] = f.to(STORE_DTYPE)
+        seen[index] = True
+    if out is None or not bool(seen.all()):
+        missing = int((~seen).sum())
+        raise RuntimeError(f"the feature cache's loader left {missing} of {num_rows} rows unseen")
+    return out
+
+
+def load_or_build(path: Path, build: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], bool]:
+    """The cache file at ``path``, or ``build()`` written there (whole, then renamed, so an
+    interrupted write leaves no half file). Returns ``(tensors, built)``."""
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), False
+        except Exception as err:  # noqa: BLE001 - a damaged file is named, never silently replaced
+            raise ValueError(f"the feature cache {path} cannot be read ({type(err).__name__}: "
+                             f"{(str(err).splitlines() or [''])[0]}); delete it "
+                             "to compute the features again") from None
+    tensors = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(tensors, tmp)
+    os.replace(tmp, path)
+    return tensors, True
+
+
+class FeatureRows(Dataset):
+    """``i -> (features, y)`` or ``(features, y, i)``: the evaluation splits, cached."""
+
+    def __init__(self, features: Tensor, labels: np.ndarray, with_index: bool = False):
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        self.features, self.labels, self.with_index = features, np.asarray(labels, dtype=np.int64), with_index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x, y = self.features[i], int(self.labels[i])
+        return (x, y, i) if self.with_index else (x, y)
+
+    @staticmethod
+    def collate(samples):
+        fields = list(zip(*samples, strict=True))
+        return (torch.stack(fields[0]).float(), *[torch.as_tensor(f, dtype=torch.int64) for f in fields[1:]])
+
+
+class CachedViewDataset(Dataset):
+    """``(i, seed, epoch) -> (views, y, i, seed)`` as :class:`~dcl_cluster.data.datasets.ViewDataset`,
+    from cached features: two different cached views of image ``i`` drawn with ``seed``
+    (``"clean"``: its un-augmented features; ``"neighbor"``: a cached view of a neighbour once
+    :attr:`neighbors` has its row). A strong view cannot be cached: asking for one is an error.
+    """
+
+    def __init__(self, views: Tensor, labels: np.ndarray, clean: Tensor | None = None):
+        if views.ndim != 3 or views.shape[1] < 2:
+            raise ValueError(f"cached views must be (N, V >= 2, F), got {tuple(views.shape)}")
+        if len(views) != len(labels):
+            raise ValueError(f"{len(views)} cached images but {len(labels)} labels")
+        self.views, self.labels, self.clean = views, np.asarray(labels, dtype=np.int64), clean
+        self.neighbors: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
+        g = torch.Generator()
+        g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+        pick = torch.randperm(self.views.shape[1], generator=g)[:2].tolist()
+        views = [self.views[i, pick[0]], self.views[i, pick[1]]]
+        if self.clean is not None:
+            views.append(self.clean[i])
+        table = self.neighbors
+        if table is not None and i < len(table) and int(table[i, 0]) >= 0:
+            row = table[i]
+            j = int(row[int(torch.randint(len(row), (), generator=g))])
+            copy = int(torch.randint(self.views.shape[1], (), generator=g))
+            named = {"a": views[0], "b": views[1], **({"clean": views[2]} if len(views) > 2 else {})}
+            views = {**named, "neighbor": self.views[j, copy]}
+        return views, int(self.labels[i]), i, seed
+
+    @staticmethod
+    def collate(samples):
+        views, ys, idx, _ = zip(*samples, strict=True)
+        if isinstance(views[0], dict):
+            batch = {k: torch.stack([v[k] for v in views]).float() for k in views[0]}
+        else:
+            batch = [torch.stack([v[k] for v in views]).float() for k in range(len(views[0]))]
+        return batch, torch.as_tensor(ys, dtype=torch.int64), torch.as_tensor(idx, dtype=torch.int64)

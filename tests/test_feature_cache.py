@@ -1,0 +1,165 @@
+"""The frozen-encoder feature cache: the cached features are the encoder's (un-augmented and
+augmented views, as image training draws them), computed once per data and weights, and a run
+on them trains the heads without running the encoder again."""
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from dcl_cluster import DebiasedClusterModule
+from dcl_cluster.data import LongTailDataModule
+from dcl_cluster.data.feature_cache import (
+    CachedViewDataset,
+    encoder_frozen,
+    images_fingerprint,
+    weights_fingerprint,
+)
+from dcl_cluster.nn import SmallCNN
+from dcl_cluster.objectives import InfoNCE, SCANConsistency, WarmupOnly
+
+
+def frozen_cnn(seed=0):
+    torch.manual_seed(seed)
+    return SmallCNN(1, 8).requires_grad_(False)
+
+
+def digits(tmp_path, **kwargs):
+    kwargs = {"imbalance_factor": 10, "batch_size": 64, "feature_cache_dir": str(tmp_path / "cache"),
+              "cached_views": 4, **kwargs}
+    return LongTailDataModule("digits", **kwargs)
+
+
+def fit(backbone, dm, preset="dcl_cluster", epochs=2, **kwargs):
+    if isinstance(preset, list):
+        module = DebiasedClusterModule(objectives=preset, backbone=backbone, warmup_epochs=1, **kwargs)
+    else:
+        module = DebiasedClusterModule.from_preset(preset, backbone=backbone, warmup_epochs=1, **kwargs)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, dm)
+    return module, trainer
+
+
+def encoder_calls(backbone):
+    calls = []
+    backbone.register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    return calls
+
+
+def test_fingerprints_change_with_one_weight_or_one_pixel_and_only_then(tmp_path):
+    a, b = frozen_cnn(0), frozen_cnn(0)
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+
+    images = np.zeros((4, 8, 8, 1), dtype=np.uint8)
+    changed = images.copy()
+    changed[3, 7, 7, 0] = 1
+    assert images_fingerprint(images) == images_fingerprint(images.copy()) != images_fingerprint(changed)
+    path = tmp_path / "x.png"
+    path.write_bytes(b"one")
+    before = images_fingerprint([str(path)])
+    path.write_bytes(b"other")
+    assert images_fingerprint([str(path)]) != before
+
+
+def test_frozen_means_trainable_blocks_0_or_no_trainable_parameter():
+    assert encoder_frozen(frozen_cnn())
+    assert not encoder_frozen(SmallCNN(1, 8))
+    assert not encoder_frozen(None)
+
+
+def test_cached_features_are_the_encoders_on_the_clean_images_and_on_the_views_image_training_draws(tmp_path):
+    backbone = frozen_cnn()
+    module, _ = fit(backbone, dm := digits(tmp_path), epochs=2)
+    assert module.features_cached and dm.feature_cache_path.exists()
+    reference = digits(tmp_path / "images", feature_cache=False)
+    reference.setup("fit")
+    backbone.eval()
+    with torch.no_grad():
+        x, _, index = next(iter(reference.train_eval_dataloader()))
+        clean = backbone(x).flatten(1)
+        cached = dm.train_eval_dataset.features[index].float()
+        torch.testing.assert_close(cached, clean, atol=2e-3, rtol=2e-3)  # stored as float16
+        # epoch 0 of image training draws views 0 and 1 of every image
+        views, _, index = next(iter(reference.train_dataloader()))
+        for copy, view in enumerate(views[:2]):
+            torch.testing.assert_close(dm.train_dataset.views[index, copy].float(), backbone(view).flatten(1),
+                                       atol=2e-3, rtol=2e-3)
+    assert not torch.equal(dm.train_dataset.views[:, 0], dm.train_dataset.views[:, 1])
+
+
+def test_a_second_run_reads_the_cache_and_never_runs_the_encoder(tmp_path):
+    fit(frozen_cnn(), digits(tmp_path))
+    backbone = frozen_cnn()
+    calls = encoder_calls(backbone)
+    module, trainer = fit(backbone, dm := digits(tmp_path), epochs=3)
+    assert calls == []  # training, k-means initialisation and validation all ran on the cache
+    assert module.cluster_head.ready and trainer.current_epoch == 3
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 1
+    # prediction still serves images (contact sheets show them) and runs the encoder on them
+    out = trainer.predict(module, dm.predict_dataloader())
+    assert calls and len(calls[0]) == 4 and "cluster" in out[0]
+
+
+def test_other_weights_or_other_data_make_a_new_cache_file(tmp_path):
+    fit(frozen_cnn(0), digits(tmp_path))
+    fit(frozen_cnn(1), digits(tmp_path))
+    fit(frozen_cnn(0), digits(tmp_path, imbalance_factor=5))
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 3
+
+
+def test_a_trainable_encoder_or_feature_cache_false_trains_on_images(tmp_path):
+    for backbone, dm in ((SmallCNN(1, 8), digits(tmp_path)), (frozen_cnn(), digits(tmp_path, feature_cache=False))):
+        module, _ = fit(backbone, dm, epochs=2)
+        assert not module.features_cached and dm.feature_cache_path is None
+    assert not (tmp_path / "cache").exists()
+
+
+def test_scan_on_cached_features_serves_cached_neighbours(tmp_path):
+    # SCAN's consistency stage (its self-labelling needs the strong view: the test below)
+    terms = [WarmupOnly(InfoNCE()), SCANConsistency()]
+    module, _ = fit(frozen_cnn(), dm := digits(tmp_path), preset=terms, epochs=2)
+    assert isinstance(dm.train_dataset, CachedViewDataset)
+    table = dm.train_dataset.neighbors
+    assert table is not None and int(table.min()) >= 0  # mined on the cached clean features
+    views, _, index = next(iter(dm.train_dataloader()))
+    assert set(views) == {"a", "b", "neighbor"} and views["neighbor"].shape == views["a"].shape
+
+
+def test_the_strong_view_cannot_come_from_cached_features(tmp_path):
+    with pytest.raises(ValueError, match="strong view .* cached features: set feature_cache: false"):
+        fit(frozen_cnn(), digits(tmp_path), preset="scan", epochs=2)
+
+
+def test_checkpoint_weights_other_than_the_cached_ones_are_refused(tmp_path):
+    module, _ = fit(frozen_cnn(), digits(tmp_path), epochs=2)
+    module.check_cached_weights()
+    with torch.no_grad():
+        next(module.backbone.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="encoder weights differ from those the features were cached with"):
+        module.check_cached_weights()
+
+
+def test_bad_settings_and_a_damaged_cache_are_named(tmp_path):
+    with pytest.raises(ValueError, match="cached_views must be an integer >= 2, got 1"):
+        digits(tmp_path, cached_views=1)
+    dm = digits(tmp_path)
+    fit(frozen_cnn(), dm)
+    dm.feature_cache_path.write_bytes(b"not a cache")
+    with pytest.raises(ValueError, match=f"the feature cache {dm.feature_cache_path} cannot be read .* delete it"):
+        fit(frozen_cnn(), digits(tmp_path))
+
+
+def test_two_gloo_ranks_train_on_one_cache_file(tmp_path):
+    dm = digits(tmp_path, batch_size=32)
+    module = DebiasedClusterModule.from_preset("dcl_cluster", backbone=frozen_cnn(), warmup_epochs=1,
+                                               in_channels=1, input_size=8, num_clusters=10)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    trainer.fit(module, dm)
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 1
+    assert not list((tmp_path / "cache").glob("*.tmp"))
