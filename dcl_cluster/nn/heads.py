@@ -97,11 +97,19 @@ class _KMeansInitialised(nn.Module):
         self.num_clusters = num_clusters
         self.centroids = nn.Parameter(torch.zeros(num_clusters, input_dim))
         self.register_buffer("initialized", torch.tensor(False))
+        self._ready: bool | None = False  # the buffer's value on the host; None: read it once
 
     @property
     def ready(self) -> bool:
-        """Whether the head gives meaningful assignments (centroids initialised)."""
-        return bool(self.initialized)
+        """Whether the head gives meaningful assignments (centroids initialised). Read from
+        the device once after a load, then kept on the host: no device sync per step."""
+        if self._ready is None:
+            self._ready = bool(self.initialized)
+        return self._ready
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = None
 
     @torch.no_grad()
     def init_centroids(self, centers: Tensor) -> None:
@@ -110,6 +118,7 @@ class _KMeansInitialised(nn.Module):
             raise ValueError(f"centers must have shape {tuple(self.centroids.shape)}, got {tuple(centers.shape)}")
         self.centroids.copy_(centers.to(self.centroids))
         self.initialized.fill_(True)
+        self._ready = True
 
 
 class StudentTHead(_KMeansInitialised):
