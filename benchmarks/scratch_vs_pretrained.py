@@ -117,7 +117,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--encoder", type=Path, required=True, help="Lightning checkpoint of the pretrained encoder")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--imbalance-factor", type=float, default=10.0)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)

@@ -275,6 +275,52 @@ def new_objective_rows():
     return rows
 
 
+def paired_table(quality, reference="dcl", methods=("dcl_cluster", "p2ot", "scan", "scan_prior")):
+    """Each clustering method minus ``reference`` on the same seed, per imbalance factor
+    (training set, then test set), with the clusters' mean smallest .. largest size."""
+    out = ["| IF | method | seeds | NMI | bal. ACC | tail ACC | test NMI | test bal. ACC | cluster sizes (train) |",
+           "|---:|---|---:|" + "---:|" * 5 + "---|"]
+    for factor in sorted({r["imbalance_factor"] for r in quality}, reverse=True):
+        ref = [r for r in quality if r["preset"] == reference and r["imbalance_factor"] == factor]
+        for method in methods:
+            runs = [r for r in quality if r["preset"] == method and r["imbalance_factor"] == factor]
+            seeds = {r["seed"] for r in ref}
+            runs = [r for r in runs if r["seed"] in seeds]
+            if not runs:
+                continue
+            cells = [_paired(runs, ref, split, k) for split, k in (("train", "nmi"), ("train", "balanced_acc"),
+                                                                   ("train", "tail_acc"), ("test", "nmi"),
+                                                                   ("test", "balanced_acc"))]
+            sizes = (f"{_mean([min(r['train']['cluster_sizes']) for r in runs]):,.0f} .. "
+                     f"{_mean([max(r['train']['cluster_sizes']) for r in runs]):,.0f}")
+            out.append(f"| {factor:g} | `{method}` | {len(runs)} | " + " | ".join(cells) + f" | {sizes} |")
+    return out
+
+
+def pretrained_table(rows, reference="scratch"):
+    """Scratch or pretrained (``scratch_vs_pretrained.json``): each arm's scores, its paired
+    difference against training from scratch on the same seed, wall time and estimated K."""
+    out = ["| arm | seeds | train NMI | train bal. ACC | train tail ACC | held-out NMI | held-out bal. ACC | "
+           "Δ NMI vs scratch | Δ bal. ACC vs scratch | wall (s) | estimated K per seed |",
+           "|---|---:|" + "---:|" * 8 + "---|"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r["arm"], []).append(r)
+    ref = groups.get(reference, [])
+    for arm, runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        cells = [_mean_std([r[split][k] for r in runs]) for split, k in
+                 (("train", "nmi"), ("train", "balanced_acc"), ("train", "tail_acc"), ("test", "nmi"),
+                  ("test", "balanced_acc"))]
+        cells += ["" if arm == reference else _paired(runs, ref, "train", k) for k in ("nmi", "balanced_acc")]
+        wall = _mean_std([r["wall_s"] for r in runs]).replace(".000", "")
+        if runs[0].get("wall_s_cache_ready") is not None:
+            wall += f" (cache ready: {_mean([r['wall_s_cache_ready'] for r in runs]):.1f})"
+        ks = ", ".join(str(r["estimated_k"]) for r in runs)
+        out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {wall} | {ks} |")
+    return out
+
+
 def replace_block(text, name, lines):
     pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
     if not pattern.search(text):
@@ -306,6 +352,7 @@ def main() -> None:
         quality = json.loads(quality_path.read_text()) + shipped_preset_rows(ablations) + new_objective_rows()
         text = replace_block(text, "quality-train", quality_table(quality, "train"))
         text = replace_block(text, "quality-test", quality_table(quality, "test"))
+        text = replace_block(text, "paired", paired_table(quality))
         for split in ("train", "test"):
             plot_per_class(quality, split, DOC.parent / "assets" / f"quality_per_class_{split}.png")
         plot_cluster_sizes(quality, DOC.parent / "assets" / "quality_cluster_sizes.png")
@@ -314,6 +361,12 @@ def main() -> None:
             text = replace_block(text, "warmup", warmup_table(quality, json.loads(late_path.read_text()), ablations))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
+    pretrained_path = HERE / "results" / "scratch_vs_pretrained.json"
+    if pretrained_path.exists():
+        page = DOC.parent / "guides" / "scratch-or-pretrained.md"
+        page.write_text(replace_block(page.read_text(), "pretrained",
+                                      pretrained_table(json.loads(pretrained_path.read_text()))))
+        print(f"wrote {page}", file=sys.stderr)
 
 
 if __name__ == "__main__":
