@@ -4,6 +4,7 @@ computed once, and the projector and cluster head train on them in seconds."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -31,39 +32,69 @@ class FrozenEncoderFeatures:
     def serve_frozen_features(self, dm: Any) -> None:
         """At ``setup("fit")``, before any loader: with a wholly frozen encoder and a datamodule
         whose ``feature_cache`` is on, compute (or find) the encoder's features of every image,
-        on the training device in the run's precision, and train on them from then on."""
-        if not (encoder_frozen(self.backbone) and hasattr(dm, "serve_cached_features")
-                and getattr(dm, "hparams", {}).get("feature_cache", False)):
+        on the training device, and train on them from then on; otherwise make sure the
+        datamodule serves images."""
+        if not hasattr(dm, "serve_cached_features"):
             return
+        if not (encoder_frozen(self.backbone) and getattr(dm, "hparams", {}).get("feature_cache", False)):
+            self._cached_weights = None
+            dm.serve_images()
+            return
+        if "strong" in self.extra_views:
+            users = [type(t).__name__ for t in self.objectives if "strong" in t.needs().views]
+            raise ValueError(f"{', '.join(users)} need(s) the strong view, which augments images, but the frozen "
+                             "encoder's features would be cached: set feature_cache: false in the data config "
+                             "to train on images")
         trainer = self.trainer
         key = weights_fingerprint(self.backbone)
         device, backbone = trainer.strategy.root_device, self.backbone
         home = next(iter(backbone.parameters()), torch.empty(0)).device
         mode = backbone.training
+        precision = str(trainer.precision)
+        # "-true" precisions convert the module later, in strategy.setup: encode in float32 now
+        mixed = not precision.endswith("-true")
+        precision = precision if mixed else "32-true"
 
         def encode(x: Tensor) -> Tensor:
-            with trainer.precision_plugin.forward_context():
+            context = trainer.precision_plugin.forward_context() if mixed else contextlib.nullcontext()
+            with context:
                 return self.forward(x.to(device))
 
+        def serve() -> Any:
+            return dm.serve_cached_features(encode, key, precision, refresh=lambda: self.serve_frozen_features(dm))
+
+        self._cached_weights = None  # forward runs the encoder while the cache is made
         backbone.to(device).eval()
-        distributed = trainer.world_size > 1
-        try:  # rank 0 writes the file, the other ranks read it
-            if distributed and not trainer.is_global_zero:
-                trainer.strategy.barrier("feature-cache")
-            path = dm.serve_cached_features(encode, key, str(trainer.precision))
-            if distributed and trainer.is_global_zero:
-                trainer.strategy.barrier("feature-cache")
+        try:
+            path = serve() if trainer.world_size == 1 else self._serve_rank_zero_first(serve)
         finally:
             backbone.to(home).train(mode)
         self._cached_weights = key
         rank_zero_info(f"The encoder is frozen: training on its cached features ({path})")
 
+    def _serve_rank_zero_first(self, serve: Any) -> Any:
+        """Rank 0 makes the cache file, then the other ranks read it; a failure on rank 0 is
+        raised on every rank (none waits at a barrier for it)."""
+        strategy, error = self.trainer.strategy, None
+        if self.trainer.is_global_zero:
+            try:
+                path = serve()
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the others hear of it
+                error = err
+        failed = strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise RuntimeError(f"rank 0 could not make the feature cache: {failed}")
+        return path if self.trainer.is_global_zero else serve()
+
     def check_cached_weights(self) -> None:
         """After a checkpoint restore: the encoder must still have the weights whose features
         were cached (a checkpoint of other weights would train on the wrong features)."""
         if self._cached_weights is not None and weights_fingerprint(self.backbone) != self._cached_weights:
-            raise ValueError("the checkpoint's encoder weights differ from those the features were cached with "
-                             "(the encoder is frozen): build the module with the checkpoint's weights, or set "
+            raise ValueError(f"the checkpoint's encoder weights (fingerprint {weights_fingerprint(self.backbone)}) "
+                             f"differ from those the features were cached with ({self._cached_weights}); the "
+                             "encoder is frozen: build the module with the checkpoint's weights, or set "
                              "feature_cache: false in the data config")
 
     def passes_features(self, x: Tensor) -> bool:

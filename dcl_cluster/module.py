@@ -267,6 +267,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
             self._request_views(dm)
         if stage == "fit" and dm is not None and self._trainer is not None:
             self.serve_frozen_features(dm)  # a frozen encoder: its features once, cached
+        elif not self.features_cached and hasattr(dm, "serve_images"):
+            dm.serve_images()  # another module's cached features: this one reads images
         if stage == "fit" and self._trainer is not None:
             for term in self.objectives:  # before any loader: Lightning makes the first one for its step count
                 term.on_setup(self)

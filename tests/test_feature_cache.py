@@ -129,9 +129,54 @@ def test_scan_on_cached_features_serves_cached_neighbours(tmp_path):
     assert set(views) == {"a", "b", "neighbor"} and views["neighbor"].shape == views["a"].shape
 
 
-def test_the_strong_view_cannot_come_from_cached_features(tmp_path):
-    with pytest.raises(ValueError, match="strong view .* cached features: set feature_cache: false"):
+def test_the_strong_view_cannot_come_from_cached_features_and_is_refused_before_any_encoding(tmp_path):
+    with pytest.raises(ValueError, match="ConfidentSelfLabel need.* strong view.* set feature_cache: false"):
         fit(frozen_cnn(), digits(tmp_path), preset="scan", epochs=2)
+    assert not list((tmp_path / "cache").glob("features-*.pt"))
+    dm = digits(tmp_path)
+    fit(frozen_cnn(), dm)
+    with pytest.raises(ValueError, match="strong view .* cached features: set feature_cache: false"):
+        dm.serve_strong_view()
+
+
+def test_a_reused_datamodule_serves_each_encoder_its_own_features_or_images(tmp_path):
+    dm = digits(tmp_path)
+    fit(frozen_cnn(0), dm)
+    first = dm.train_eval_dataset.features.clone()
+    other = frozen_cnn(1)
+    fit(other, dm)
+    assert not torch.equal(dm.train_eval_dataset.features, first)
+    x, _, index = next(iter(_images(tmp_path).train_eval_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(dm.train_eval_dataset.features[index].float(), other.eval()(x).flatten(1),
+                                   atol=2e-3, rtol=2e-3)
+    module, _ = fit(SmallCNN(1, 8), dm)  # a trainable encoder on the same datamodule: images again
+    assert not module.features_cached and dm.feature_cache_path is None
+    assert next(iter(dm.train_eval_dataloader()))[0].ndim == 4
+
+
+def _images(tmp_path):
+    dm = digits(tmp_path / "images", feature_cache=False)
+    dm.setup("fit")
+    return dm
+
+
+def test_resuming_with_a_checkpoint_of_another_subset_caches_that_subset(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    module = DebiasedClusterModule.from_preset("dcl_cluster", backbone=frozen_cnn(), warmup_epochs=1)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=ckpt,
+                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=ckpt, save_last=True)])
+    trainer.fit(module, first := digits(tmp_path))
+    other = digits(tmp_path, imbalance_factor=5)  # another subset rule; the checkpoint's subset wins
+    module = DebiasedClusterModule.from_preset("dcl_cluster", backbone=frozen_cnn(), warmup_epochs=1)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="differs from the one built now"):
+        trainer.fit(module, other, ckpt_path=str(ckpt / "last.ckpt"))
+    assert other.subset_hash == first.subset_hash and len(other.train_dataset) == len(first.train_dataset)
+    assert isinstance(other.train_dataset, CachedViewDataset) and module.features_cached
+    assert other.feature_cache_path == first.feature_cache_path  # the same data and weights: the same file
 
 
 def test_checkpoint_weights_other_than_the_cached_ones_are_refused(tmp_path):
@@ -139,7 +184,7 @@ def test_checkpoint_weights_other_than_the_cached_ones_are_refused(tmp_path):
     module.check_cached_weights()
     with torch.no_grad():
         next(module.backbone.parameters()).add_(1.0)
-    with pytest.raises(ValueError, match="encoder weights differ from those the features were cached with"):
+    with pytest.raises(ValueError, match=r"encoder weights \(fingerprint \w+\) differ from those the features were cached with \(\w+\)"):
         module.check_cached_weights()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ def encoder_frozen(backbone: nn.Module | None) -> bool:
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """A hash of ``module``'s class and every tensor of its ``state_dict`` (names, dtypes,
-    shapes, values): equal for equal weights, different when one value differs."""
+    """A hash of ``module``'s architecture (class and ``repr``: layers, activations) and every
+    tensor of its ``state_dict`` (names, dtypes, shapes, values): equal for equal encoders,
+    different when one value differs."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    digest.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -111,8 +113,10 @@ def encode_rows(encode: Callable[[Tensor], Tensor], loader: DataLoader, num_rows
         feats = [encode(x).float().flatten(1).cpu() for x in xs]
         if out is None:
             out = torch.zeros(num_rows, copies, feats[0].shape[1], dtype=STORE_DTYPE)
+        if out.dtype == STORE_DTYPE and max(float(f.abs().max()) for f in feats) > torch.finfo(STORE_DTYPE).max:
+            out = out.float()  # features beyond float16's range: keep them whole
         for c, f in enumerate(feats):
-            out[index, c] = f.to(STORE_DTYPE)
+            out[index, c] = f.to(out.dtype)
         seen[index] = True
     if out is None or not bool(seen.all()):
         missing = int((~seen).sum())
@@ -125,14 +129,21 @@ def load_or_build(path: Path, build: Callable[[], dict[str, Tensor]]) -> tuple[d
     interrupted write leaves no half file). Returns ``(tensors, built)``."""
     if path.exists():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True), False
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), False
         except Exception as err:  # noqa: BLE001 - a damaged file is named, never silently replaced
             raise ValueError(f"the feature cache {path} cannot be read ({type(err).__name__}: "
                              f"{(str(err).splitlines() or [''])[0]}); delete it "
                              "to compute the features again") from None
+    try:  # before the encoder's work: a folder that cannot be written is said at once
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".write-test-{uuid.uuid4().hex}")
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"the feature cache folder {path.parent} cannot be written ({err.strerror}): set "
+                         "feature_cache_dir to a writable folder, or feature_cache: false") from None
     tensors = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     torch.save(tensors, tmp)
     os.replace(tmp, path)
     return tensors, True
