@@ -601,6 +601,11 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
 def git_commit(paths: list[Path], message: str, log=print) -> None:
     """Commit ``paths`` (additions and deletions) and nothing else; retries on index.lock."""
     rel = [str(p.relative_to(REPO)) if p.is_absolute() and REPO in p.parents else str(p) for p in paths]
+    # a path neither on disk nor tracked (a warm-up writes no results yet) would fail the whole add
+    rel = [r for r in rel if (REPO / r).exists() or subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "--", r], cwd=REPO, capture_output=True).returncode == 0]
+    if not rel:
+        return
     for attempt in range(10):
         add = subprocess.run(["git", "add", "-A", "--", *rel], cwd=REPO, capture_output=True, text=True)
         if add.returncode == 0:
