@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -313,7 +314,8 @@ def pretrained_table(rows, reference="scratch"):
                  (("train", "nmi"), ("train", "balanced_acc"), ("train", "tail_acc"), ("test", "nmi"),
                   ("test", "balanced_acc"))]
         cells += ["" if arm == reference else _paired(runs, ref, "train", k) for k in ("nmi", "balanced_acc")]
-        wall = _mean_std([r["wall_s"] for r in runs]).replace(".000", "")
+        walls = [r["wall_s"] for r in runs]
+        wall = f"{_mean(walls):.0f}" + (f" ± {statistics.stdev(walls):.0f}" if len(walls) > 1 else "")
         if runs[0].get("wall_s_cache_ready") is not None:
             wall += f" (cache ready: {_mean([r['wall_s_cache_ready'] for r in runs]):.1f})"
         ks = ", ".join(str(r["estimated_k"]) for r in runs)
