@@ -15,7 +15,8 @@ feature cache serves its features; only the projector and the head train), ``fin
 (pretrained, everything trains), and ``k-means on pretrained features`` (no training).
 Also the number of clusters ``estimate_num_clusters`` finds on each arm's training features.
 
-    python -m benchmarks.scratch_vs_pretrained --encoder benchmarks/queue_state/cifar10_lt_80/warmup-info_nce-if100-s0-e80-w40/final.ckpt
+    python -m benchmarks.scratch_vs_pretrained \
+        --encoder benchmarks/queue_state/cifar10_lt_80/warmup-info_nce-if100-s0-e80-w40/final.ckpt
 
 Writes ``benchmarks/results/scratch_vs_pretrained.json`` (each row as it ends).
 """
@@ -79,7 +80,8 @@ def run_arm(arm: str, seed: int, args, cache_dir: str) -> dict:
         for split, loader in (("train", dm.train_eval_dataloader()), ("test", dm.test_dataloader())):
             embeddings, _, labels = collect(module, loader)
             pred = KMeans(dm.num_classes, n_init=10, random_state=seed).fit_predict(embeddings.numpy())
-            row[split] = {"source": "k-means", **clustering_scores(labels, pred, class_counts=list(dm.train_class_counts),
+            counts = list(dm.train_class_counts)
+            row[split] = {"source": "k-means", **clustering_scores(labels, pred, class_counts=counts,
                                                                   num_classes=dm.num_classes,
                                                                   num_clusters=dm.num_classes),
                           "per_class_recall": per_class_recall(labels.numpy(), pred, dm.num_classes),

@@ -40,4 +40,4 @@ def _feature_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Frozen-encoder feature caches of in-process tests go to a temporary folder, never the
     user's ``~/.cache`` (tests that care pass ``feature_cache_dir`` themselves)."""
     folder = tmp_path_factory.getbasetemp() / "feature_cache"
-    monkeypatch.setattr("dcl_cluster.data.datamodule.default_cache_dir", lambda: folder)
+    monkeypatch.setattr("dcl_cluster.data.feature_serving.default_cache_dir", lambda: folder)

@@ -184,7 +184,8 @@ def test_checkpoint_weights_other_than_the_cached_ones_are_refused(tmp_path):
     module.check_cached_weights()
     with torch.no_grad():
         next(module.backbone.parameters()).add_(1.0)
-    with pytest.raises(ValueError, match=r"encoder weights \(fingerprint \w+\) differ from those the features were cached with \(\w+\)"):
+    differ = r"encoder weights \(fingerprint \w+\) differ from those the features were cached with \(\w+\)"
+    with pytest.raises(ValueError, match=differ):
         module.check_cached_weights()
 
 

@@ -25,15 +25,7 @@ from dcl_cluster.data.datasets import (
     ViewDataset,
     image_store,
 )
-from dcl_cluster.data.feature_cache import (
-    CachedViewDataset,
-    FeatureRows,
-    cache_key,
-    default_cache_dir,
-    encode_rows,
-    images_fingerprint,
-    load_or_build,
-)
+from dcl_cluster.data.feature_serving import CachedFeatureServing
 from dcl_cluster.data.long_tail import (
     PROFILES,
     check_imbalance_factor,
@@ -75,7 +67,7 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-class LongTailDataModule(LightningDataModule):
+class LongTailDataModule(CachedFeatureServing, LightningDataModule):
     """A long-tailed training set (class 0 largest) with a balanced test set, as views.
 
     Sources (``dataset``): ``"digits"`` (embedded default, no files), ``"npz"``,
@@ -506,102 +498,9 @@ class LongTailDataModule(LightningDataModule):
         self.train_dataset.strong = strong_transform(self.view_preset, self.image_size) if on else None
         self.train_dataset.strong_from_epoch = int(from_epoch)
 
-    def serve_cached_features(self, encode: Callable[[torch.Tensor], torch.Tensor], weights_key: str,
-                              precision: str = "32-true", refresh: Callable[[], Any] | None = None) -> Path:
-        """Serve a frozen encoder's features instead of images, from the feature cache
-        (:mod:`dcl_cluster.data.feature_cache`), computing them once when the cache has no file
-        for this data and these weights.
-
-        Afterwards ``train_dataloader()`` yields two different cached views' features per image
-        (``(B, F)`` floats, plus ``"clean"`` / ``"neighbor"`` as with images), and
-        ``train_eval/val/test_dataloader()`` the un-augmented images' features;
-        ``predict_dataloader()`` keeps serving images (the contact sheets show them).
-        :meth:`serve_images` goes back to images.
-
-        Args:
-            encode: images ``(B, C, S, S)`` -> features ``(B, F)``, the frozen encoder (on its
-                device, in its precision, in eval mode).
-            weights_key: a fingerprint of the encoder (architecture and weights,
-                :func:`~dcl_cluster.data.feature_cache.weights_fingerprint`): part of the key.
-            precision: the precision ``encode`` runs in: part of the key.
-            refresh: called instead when a checkpoint's training subset replaces the current
-                one (``DebiasedClusterModule`` passes its own setup of the cache).
-
-        Returns:
-            The cache file.
-        """
-        self._require_setup()
-        if self._feature_key == (weights_key, precision) and self.feature_cache_path is not None:
-            return self.feature_cache_path
-        self.serve_images()  # another encoder's features, or none yet: start from the images
-        hp, data = self.hparams, self._source
-        parts = {
-            "dataset": hp.dataset, "train": images_fingerprint(data.train_images),
-            "unlabeled": images_fingerprint(data.unlabeled_images), "test": images_fingerprint(data.test_images),
-            "val": images_fingerprint(data.val_images), "subset": self.subset_hash, "val_split": hp.val_split,
-            "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-            "views": repr(self.view_preset), "seed": hp.seed, "batch_size": self.batch_size,
-            "cached_views": hp.cached_views, "weights": weights_key, "precision": precision,
-        }
-        folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else default_cache_dir()
-        path = folder / f"features-{cache_key(parts)}.pt"
-        views, n = hp.cached_views, len(self.train_dataset)
-        use_val = self.val_dataset is not self.test_dataset
-        batch = hp.eval_batch_size or self.batch_size
-
-        def indexed(dataset):
-            return EvalDataset(dataset.images, dataset.labels, dataset.transform, with_index=True)
-
-        def build() -> dict[str, torch.Tensor]:
-            rank_zero_info(f"Computing the frozen encoder's features once: {n} training images x {views} augmented "
-                           f"views + un-augmented, and the evaluation images; cached in {path}")
-            sampler, parts = SeededEpochSampler(n, hp.seed, augmentation_seeds=True), []
-            for epoch in range((views + 1) // 2):  # the views image training draws in epochs 0, 1, ...
-                sampler.set_epoch(epoch)  # in training's batches: the photometric seed is the batch's
-                loader = self._loader(self.train_dataset, self.batch_size, self._view_collate, sampler=sampler)
-                parts.append(encode_rows(encode, loader, n, copies=2))
-            clean = EvalDataset(self.train_dataset.images, self.train_dataset.labels,
-                                self.train_eval_dataset.transform, with_index=True)
-            out = {"views": torch.cat(parts, dim=1)[:, :views].contiguous(),
-                   "clean": encode_rows(encode, self._loader(clean, batch, self._eval_collate), n)[:, 0],
-                   "test": encode_rows(encode, self._loader(indexed(self.test_dataset), batch, self._eval_collate),
-                                       len(self.test_dataset))[:, 0]}
-            if use_val:
-                out["val"] = encode_rows(encode, self._loader(indexed(self.val_dataset), batch, self._eval_collate),
-                                         len(self.val_dataset))[:, 0]
-            return out
-
-        cached, built = load_or_build(path, build)
-        expected = {"views": (n, views), "clean": (n,), "test": (len(self.test_dataset),)}
-        if use_val:
-            expected["val"] = (len(self.val_dataset),)
-        wrong = [k for k, shape in expected.items() if k not in cached or tuple(cached[k].shape[:-1]) != shape]
-        if wrong:
-            raise ValueError(f"the feature cache {path} does not fit this data ({', '.join(wrong)}): delete it to "
-                             "compute the features again")
-        self._image_datasets = (self.train_dataset, self.train_eval_dataset, self.val_dataset, self.test_dataset)
-        self._clean_features = cached["clean"]
-        cached_views = CachedViewDataset(cached["views"], self.train_dataset.labels,
-                                         cached["clean"] if hp.clean_view else None)
-        cached_views.neighbors = self.train_dataset.neighbors
-        self.train_dataset = cached_views
-        lt_labels = self.train_eval_dataset.labels
-        self.train_eval_dataset = FeatureRows(cached["clean"][: len(lt_labels)], lt_labels, with_index=True)
-        self.test_dataset = FeatureRows(cached["test"], self.test_dataset.labels)
-        self.val_dataset = (FeatureRows(cached["val"], self.val_dataset.labels) if use_val
-                            else self.test_dataset)
-        self._feature_key, self._refresh_features, self.feature_cache_path = (weights_key, precision), refresh, path
-        return path
-
-    def serve_images(self) -> None:
-        """Serve images again after :meth:`serve_cached_features` (a trainable encoder, or
-        another frozen one, on this datamodule); nothing to do otherwise."""
-        if self._image_datasets is None:
-            return
-        neighbors = self.train_dataset.neighbors
-        self.train_dataset, self.train_eval_dataset, self.val_dataset, self.test_dataset = self._image_datasets
-        self.train_dataset.neighbors = neighbors
-        self._image_datasets = self._feature_key = self._refresh_features = self.feature_cache_path = None
+    @staticmethod
+    def _info(message: str) -> None:
+        rank_zero_info(message)
 
     # ---------------------------------------------------------------- checkpoint
 
