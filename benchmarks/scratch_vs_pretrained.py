@@ -15,8 +15,10 @@ feature cache serves its features; only the projector and the head train), ``fin
 (pretrained, everything trains), and ``k-means on pretrained features`` (no training).
 Also the number of clusters ``estimate_num_clusters`` finds on each arm's training features.
 
-    python -m benchmarks.scratch_vs_pretrained \
-        --encoder benchmarks/queue_state/cifar10_lt_80/warmup-info_nce-if100-s0-e80-w40/final.ckpt
+    python -m benchmarks.scratch_vs_pretrained --encoder benchmarks/results/encoder_infonce_cifar10lt_if100_s0_e40.pt
+
+(that file: the warm-up checkpoint's backbone weights, kept here because the queue deletes its
+warm-up checkpoints once every job using them is done).
 
 Writes ``benchmarks/results/scratch_vs_pretrained.json`` (each row as it ends).
 """
@@ -52,9 +54,11 @@ def pretrained_cnn(path: Path, width: int, frozen: bool):
 
     from dcl_cluster.nn import SmallCNN
 
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" in state:  # a Lightning checkpoint: its backbone's weights
+        state = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
     net = SmallCNN(3, width)
-    net.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+    net.load_state_dict(state)
     return net.requires_grad_(False) if frozen else net
 
 
@@ -77,9 +81,12 @@ def run_arm(arm: str, seed: int, args, cache_dir: str) -> dict:
         module = DebiasedClusterModule.from_preset("simclr", backbone=pretrained_cnn(args.encoder, args.width, True),
                                                    in_channels=3, input_size=dm.image_size)
         row = {"train_class_counts": list(dm.train_class_counts)}
+        kmeans = None  # fit on the training images, as the heads are; the held-out images are assigned
         for split, loader in (("train", dm.train_eval_dataloader()), ("test", dm.test_dataloader())):
             embeddings, _, labels = collect(module, loader)
-            pred = KMeans(dm.num_classes, n_init=10, random_state=seed).fit_predict(embeddings.numpy())
+            if kmeans is None:
+                kmeans = KMeans(dm.num_classes, n_init=10, random_state=seed).fit(embeddings.numpy())
+            pred = kmeans.predict(embeddings.numpy())
             counts = list(dm.train_class_counts)
             row[split] = {"source": "k-means", **clustering_scores(labels, pred, class_counts=counts,
                                                                   num_classes=dm.num_classes,
@@ -116,7 +123,8 @@ def run_arm(arm: str, seed: int, args, cache_dir: str) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", type=Path, required=True, help="Lightning checkpoint of the pretrained encoder")
+    parser.add_argument("--encoder", type=Path, required=True,
+                        help="the pretrained SmallCNN: a state_dict, or a Lightning checkpoint of the module")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=20)

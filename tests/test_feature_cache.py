@@ -209,3 +209,11 @@ def test_two_gloo_ranks_train_on_one_cache_file(tmp_path):
     trainer.fit(module, dm)
     assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 1
     assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_images_come_back_with_the_clean_view_asked_for_while_features_were_served(tmp_path):
+    dm = digits(tmp_path)
+    fit(frozen_cnn(), dm, preset="dcl")  # no term needs the un-augmented view
+    fit(SmallCNN(1, 8), dm)  # dcl_cluster's anchor term does, from images
+    views = next(iter(dm.train_dataloader()))[0]
+    assert len(views) == 3 and views[2].ndim == 4

@@ -53,6 +53,7 @@ class CachedFeatureServing:
         """
         self._require_setup()
         if self._feature_key == (weights_key, precision) and self.feature_cache_path is not None:
+            self._refresh_features = refresh  # the module asking now re-caches after a restore
             return self.feature_cache_path
         self.serve_images()  # another encoder's features, or none yet: start from the images
         hp, data = self.hparams, self._source
@@ -122,5 +123,7 @@ class CachedFeatureServing:
         neighbors = self.train_dataset.neighbors
         self.train_dataset, self.train_eval_dataset, self.val_dataset, self.test_dataset = self._image_datasets
         self.train_dataset.neighbors = neighbors
+        if self.hparams.clean_view and self.train_dataset.clean is None:  # asked for while features were served
+            self.train_dataset.clean = self.train_eval_dataset.transform
         self._image_datasets = self._feature_key = self._refresh_features = self.feature_cache_path = None
 
