@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -62,16 +61,16 @@ def throughput_table(rows):
     return out
 
 
-def _mean_std(values, sign=""):
+def _mean_std(values, sign="", digits=3):
     """``mean ± sample std`` to 3 decimals (``sign="+"`` for differences), ``-`` when empty."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "-"
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:{sign}.3f}"
+        return f"{mean:{sign}.{digits}f}"
     std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:{sign}.3f} ± {std:.3f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
 def quality_table(rows, split):
@@ -316,8 +315,7 @@ def pretrained_table(rows, reference="scratch"):
                  (("train", "nmi"), ("train", "balanced_acc"), ("train", "tail_acc"), ("test", "nmi"),
                   ("test", "balanced_acc"))]
         cells += ["" if arm == reference else _paired(runs, ref, split, "nmi") for split in ("train", "test")]
-        walls = [r["wall_s"] for r in runs]
-        wall = f"{_mean(walls):.0f}" + (f" ± {statistics.stdev(walls):.0f}" if len(walls) > 1 else "")
+        wall = _mean_std([r["wall_s"] for r in runs], digits=0)
         ready = [r["wall_s_cache_ready"] for r in runs if r.get("wall_s_cache_ready") is not None]
         if ready:
             wall += f" (cache ready: {_mean(ready):.1f})"
