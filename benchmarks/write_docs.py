@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 
 from benchmarks.ablations import LATE_START_VARIANTS, PER_CLASS_VARIANTS
+from benchmarks.doc_plots import plot_cluster_sizes, plot_per_class
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
+QUEUE_PLAN = "cifar10_lt_80"  # the 80-epoch budget (benchmarks/plans/, run by benchmarks/jobqueue.py)
+PRESETS_80 = ("simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "scan")
 
 
 def _f(x, digits=3):
@@ -73,10 +76,12 @@ def _mean_std(values, sign="", digits=3):
     return f"{mean:{sign}.{digits}f} ± {std:.{digits}f}"
 
 
-def quality_table(rows, split):
+def quality_table(rows, split, cost=True):
+    """One row per (IF, method), mean ± std over seeds; ``cost=False`` leaves out wall time and
+    memory (the queue's rows: a job's wall time is a share of a chain, beside other work)."""
     keys = ["nmi", "acc", "balanced_acc", "macro_f1", "ari", "head_acc", "medium_acc", "tail_acc"]
-    out = ["| IF | method | clusters from | seeds | NMI | ACC | bal. ACC | macro F1 | ARI | head | medium | tail | "
-           "wall (min) | peak RSS (GiB) |", "|---:|---|---|---:|" + "---:|" * 10]
+    out = ["| IF | method | clusters from | seeds | NMI | ACC | bal. ACC | macro F1 | ARI | head | medium | tail |"
+           + (" wall (min) | peak RSS (GiB) |" if cost else ""), "|---:|---|---|---:|" + "---:|" * (10 if cost else 8)]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["imbalance_factor"], r["preset"]), []).append(r)
@@ -89,7 +94,7 @@ def quality_table(rows, split):
         rss = _mean_std([r["peak_rss_mib"] / 1024 for r in runs if "peak_rss_mib" in r]) \
             if "peak_rss_mib" in runs[0] else "-"
         out.append(f"| {imbalance:g} | {preset} | {runs[0][split]['source']} | {len(runs)} | "
-                   + " | ".join(cells) + f" | {wall} | {rss} |")
+                   + " | ".join(cells) + (f" | {wall} | {rss} |" if cost else " |"))
     return out
 
 
@@ -127,38 +132,6 @@ def digits_table(rows):
         out.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")  # wall: ran beside other jobs
     return out
 
-
-def plot_per_class(rows, split, path: Path) -> None:
-    """Per-class accuracy (Hungarian-matched recall) against class rank, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    factors = sorted({r["imbalance_factor"] for r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(factors), figsize=(6.5 * len(factors), 4.5), squeeze=False)
-    for ax, factor in zip(axes[0], factors, strict=True):
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # up to 20 ablation variants, distinct colours
-        groups: dict = {}
-        for r in rows:
-            if r["imbalance_factor"] == factor:
-                groups.setdefault(r.get("variant") or r["preset"], []).append(r[split]["per_class_recall"])
-        for preset, recalls in groups.items():
-            counts = next(r for r in rows if r["imbalance_factor"] == factor and "train_class_counts" in r)
-            order = sorted(range(len(recalls[0])), key=lambda c: -counts["train_class_counts"][c])
-            mean = [sum(rec[c] for rec in recalls) / len(recalls) for c in order]
-            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {"marker": "o", "ms": 3}
-            ax.plot(range(1, len(mean) + 1), mean, label=preset, **style)
-        ax.set_title(f"CIFAR-10-LT, IF {factor:g}, {split} set")
-        ax.set_xlabel("class rank by training frequency (1 = largest)")
-        ax.set_ylabel("per-class accuracy")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _mean(values):
@@ -226,45 +199,6 @@ def shipped_preset_rows(ablations, warmup_fraction=None):
     return [{k: v for k, v in r.items() if k not in ("wall_s", "variant")} for r in ablations if is_shipped(r)]
 
 
-def plot_cluster_sizes(rows, path: Path, factor=100.0) -> None:
-    """Cluster sizes against class sizes on the long-tailed train set, both sorted, one panel
-    per method: does the tail survive?"""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    split, groups = "train", {}
-    for r in rows:
-        if r["imbalance_factor"] == factor and "cluster_sizes" in r.get(split, {}):
-            groups.setdefault(r.get("variant") or r["preset"], []).append(r)
-    if not groups:
-        return
-    cols = min(len(groups), 5)
-    rows_ = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(2.9 * cols, 3.0 * rows_), sharey=True, squeeze=False)
-    for ax in axes.flat[len(groups):]:
-        ax.set_visible(False)
-    for ax, (name, runs) in zip(axes.flat, groups.items(), strict=False):
-        classes = sorted(runs[0]["train_class_counts"], reverse=True)
-        sizes = [sorted(r[split]["cluster_sizes"], reverse=True) for r in runs]
-        ranks = range(1, len(classes) + 1)
-        ax.plot(ranks, classes, "k-", label="classes")
-        ax.plot(ranks, [_mean(col) for col in zip(*sizes, strict=True)], "o-", label="clusters (mean)")
-        ax.fill_between(ranks, [min(col) for col in zip(*sizes, strict=True)],
-                        [max(col) for col in zip(*sizes, strict=True)], alpha=0.25)
-        ax.set_yscale("log")
-        ax.set_title(f"{name}\n({runs[0][split]['source']}, {len(runs)} seeds)", fontsize=9)
-        ax.set_xlabel("rank by size")
-        ax.grid(alpha=0.3)
-    for row in axes:
-        row[0].set_ylabel(f"images ({split} set, IF {factor:g})")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
 
 def new_objective_rows():
     """The quality rows of the objectives added in 0.2 (P²OT, SCAN), run apart from the others at
@@ -299,6 +233,55 @@ def paired_table(quality, reference="dcl", methods=("dcl_cluster", "p2ot", "scan
     return out
 
 
+def budget_table(short, long, factor=100.0):
+    """Each method of the long budget beside its short-budget rows: ``short -> long`` means and the
+    paired change on the same seeds (the 8-epoch runs are from scratch; the 80-epoch ones share
+    their warm-up within a seed, see the queue guide)."""
+    keys = (("train", "nmi"), ("train", "balanced_acc"), ("train", "tail_acc"), ("test", "nmi"),
+            ("test", "balanced_acc"))
+    out = ["| method | seeds | NMI | bal. ACC | tail ACC | test NMI | test bal. ACC |", "|---|---:|" + "---:|" * 5]
+    rank = {name: i for i, name in enumerate(PRESETS_80)}
+    for method in sorted({r["preset"] for r in long if r["imbalance_factor"] == factor}, key=lambda m: rank.get(m, 99)):
+        after = {r["seed"]: r for r in long if r["preset"] == method and r["imbalance_factor"] == factor}
+        before = {r["seed"]: r for r in short if r["preset"] == method and r["imbalance_factor"] == factor}
+        seeds = sorted(set(after) & set(before))
+        if not seeds:
+            continue
+        cells = []
+        for split, k in keys:
+            was, now = _mean([before[s][split][k] for s in seeds]), _mean([after[s][split][k] for s in seeds])
+            change = _mean_std([after[s][split][k] - before[s][split][k] for s in seeds], sign="+")
+            cells.append(f"{was:.3f} → {now:.3f} ({change})")
+        out.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def queue_cost(plan_name=QUEUE_PLAN):
+    """What the queue's plan costs: jobs done, epochs trained with and without shared warm-ups,
+    CPU hours at the median measured epoch time per number of views (2 threads, one job at a time)."""
+    from benchmarks.jobqueue import Queue, estimates, load_plan
+
+    queue = Queue(load_plan(plan_name))
+    est = {**estimates(queue), "threads": queue.plan.get("threads") or "all"}
+    jobs = est["jobs"]
+    runs = [j for j in jobs if j["kind"] == "run"]
+    per_views: dict = {}
+    for j in jobs:
+        if j["source"] == "measured":
+            per_views.setdefault(j["views"], []).append(j["s_per_epoch"])
+    rates = ", ".join(f"{v} views {_mean(t):.1f} s" for v, t in sorted(per_views.items()))
+    trained = sum(j["stop"] - j["start_epoch"] for j in jobs)
+    scratch_s = sum(j["stop"] * j["s_per_epoch"] for j in runs)
+    done = sum(j["status"] == "done" for j in jobs)
+    return [f"- Plan `{plan_name}`: {len(jobs)} jobs ({len(runs)} results rows and {len(jobs) - len(runs)} shared "
+            f"warm-ups), {done} done; {trained:,} epochs trained in all, against {sum(j['stop'] for j in runs):,} "
+            "if every row ran from scratch.",
+            f"- Median epoch time so far: {rates or 'none measured yet'} ({est['threads']} threads; the epochs "
+            "slowed by other work on the machine count too).",
+            f"- The whole plan takes {est['total_s'] / 3600:.1f} hours of the machine at those times, one job at a "
+            f"time (every row from scratch: {scratch_s / 3600:.1f}); {est['left_s'] / 3600:.1f} are left."]
+
+
 def pretrained_table(rows, reference="scratch"):
     """Scratch or pretrained (``scratch_vs_pretrained.json``): each arm's scores, its paired
     difference against training from scratch on the same seed, wall time and estimated K."""
@@ -322,6 +305,21 @@ def pretrained_table(rows, reference="scratch"):
         ks = ", ".join(str(r["estimated_k"]) for r in runs)
         out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + f" | {wall} | {ks} |")
     return out
+
+
+def budget_section(text, short, long):
+    """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
+    against ``dcl`` and the plots, from the queue's rows."""
+    budget = f"{long[0]['epochs']} epochs" if long else ""
+    text = replace_block(text, "queue80-cost", queue_cost())
+    text = replace_block(text, "quality80-train", quality_table(long, "train", cost=False))
+    text = replace_block(text, "quality80-test", quality_table(long, "test", cost=False))
+    text = replace_block(text, "budget80", budget_table(short, long))
+    text = replace_block(text, "paired80", paired_table(long, methods=[p for p in PRESETS_80 if p != "dcl"]))
+    for split in ("train", "test"):
+        plot_per_class(long, split, DOC.parent / "assets" / f"queue80_per_class_{split}.png", budget)
+    plot_cluster_sizes(long, DOC.parent / "assets" / "queue80_cluster_sizes.png", budget=budget)
+    return text
 
 
 def replace_block(text, name, lines):
@@ -359,6 +357,9 @@ def main() -> None:
         for split in ("train", "test"):
             plot_per_class(quality, split, DOC.parent / "assets" / f"quality_per_class_{split}.png")
         plot_cluster_sizes(quality, DOC.parent / "assets" / "quality_cluster_sizes.png")
+        queue_path = HERE / "results" / f"queue_{QUEUE_PLAN}.json"
+        if queue_path.exists():
+            text = budget_section(text, quality, json.loads(queue_path.read_text()))
         late_path = HERE / "results" / "quality_late_warmup.json"
         if late_path.exists():
             text = replace_block(text, "warmup", warmup_table(quality, json.loads(late_path.read_text()), ablations))
