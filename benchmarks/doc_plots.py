@@ -6,6 +6,19 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+#: the order of the methods in tables and plots (the ablations' variants come after, as they come)
+METHOD_ORDER = ("k-means on PCA-50 pixels", "simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "p2ot_alone", "scan",
+                "scan_prior")
+MARKERS = "os^vDP*Xhd"
+
+
+def _ordered(groups: dict) -> list:
+    """``(style index, name, value)`` in METHOD_ORDER, then the rest (ablation variants) as they
+    come; a method's index is its place in METHOD_ORDER, so it keeps its colour from plot to plot."""
+    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
+    items = sorted(groups.items(), key=lambda kv: rank.get(kv[0], len(rank)))  # stable
+    return [(rank.get(name, i), name, value) for i, (name, value) in enumerate(items)]
+
 
 def _mean(values):
     return sum(values) / len(values)
@@ -22,16 +35,18 @@ def plot_per_class(rows, split, path: Path, budget="") -> None:
     factors = sorted({r["imbalance_factor"] for r in rows}, reverse=True)
     fig, axes = plt.subplots(1, len(factors), figsize=(6.5 * len(factors), 4.5), squeeze=False)
     for ax, factor in zip(axes[0], factors, strict=True):
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # up to 20 ablation variants, distinct colours
         groups: dict = {}
         for r in rows:
             if r["imbalance_factor"] == factor:
                 groups.setdefault(r.get("variant") or r["preset"], []).append(r[split]["per_class_recall"])
-        for preset, recalls in groups.items():
+        # tab10's ten distinct hues for the methods; tab20 (paired shades) only for more lines (ablation variants)
+        colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
+        for i, preset, recalls in _ordered(groups):
             counts = next(r for r in rows if r["imbalance_factor"] == factor and "train_class_counts" in r)
             order = sorted(range(len(recalls[0])), key=lambda c: -counts["train_class_counts"][c])
             mean = [sum(rec[c] for rec in recalls) / len(recalls) for c in order]
-            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {"marker": "o", "ms": 3}
+            style = {"linestyle": ":", "color": "grey"} if preset.startswith("k-means") else {
+                "marker": MARKERS[i % len(MARKERS)], "ms": 3, "color": colours[i % len(colours)]}
             ax.plot(range(1, len(mean) + 1), mean, label=preset, **style)
         ax.set_title(f"CIFAR-10-LT, IF {factor:g}, {split} set" + (f", {budget}" if budget else ""))
         ax.set_xlabel("class rank by training frequency (1 = largest)")
@@ -64,7 +79,7 @@ def plot_cluster_sizes(rows, path: Path, factor=100.0, budget="") -> None:
     fig, axes = plt.subplots(rows_, cols, figsize=(2.9 * cols, 3.0 * rows_), sharey=True, squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
-    for ax, (name, runs) in zip(axes.flat, groups.items(), strict=False):
+    for ax, (_, name, runs) in zip(axes.flat, _ordered(groups), strict=False):
         classes = sorted(runs[0]["train_class_counts"], reverse=True)
         sizes = [sorted(r[split]["cluster_sizes"], reverse=True) for r in runs]
         ranks = range(1, len(classes) + 1)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
 from benchmarks.ablations import LATE_START_VARIANTS, PER_CLASS_VARIANTS
-from benchmarks.doc_plots import plot_cluster_sizes, plot_per_class
+from benchmarks.doc_plots import METHOD_ORDER, plot_cluster_sizes, plot_per_class
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -85,9 +86,7 @@ def quality_table(rows, split, cost=True):
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["imbalance_factor"], r["preset"]), []).append(r)
-    order = ["k-means on PCA-50 pixels", "simclr", "dcl", "cc", "sic", "dcl_cluster", "p2ot", "p2ot_alone", "scan",
-             "scan_prior"]
-    rank = {name: i for i, name in enumerate(order)}
+    rank = {name: i for i, name in enumerate(METHOD_ORDER)}
     for (imbalance, preset), runs in sorted(groups.items(), key=lambda kv: (-kv[0][0], rank.get(kv[0][1], 99))):
         cells = [_mean_std([r[split].get(k) for r in runs]) for k in keys]
         wall = _mean_std([r["wall_s"] / 60 for r in runs if "wall_s" in r]) if "wall_s" in runs[0] else "-"
@@ -256,30 +255,42 @@ def budget_table(short, long, factor=100.0):
     return out
 
 
-def queue_cost(plan_name=QUEUE_PLAN):
-    """What the queue's plan costs: jobs done, epochs trained with and without shared warm-ups,
-    CPU hours at the median measured epoch time per number of views (2 threads, one job at a time)."""
+def queue_cost(queue=None):
+    """What the queue's plan costs: epochs with and without shared warm-ups, the time measured so
+    far, and the whole plan's time one job at a time, with where each epoch time comes from
+    (measured in this plan, or the plan's default until a job of that kind has run)."""
+    import statistics
+
     from benchmarks.jobqueue import Queue, estimates, load_plan
 
-    queue = Queue(load_plan(plan_name))
-    est = {**estimates(queue), "threads": queue.plan.get("threads") or "all"}
+    queue = queue or Queue(load_plan(QUEUE_PLAN))
+    est, threads = estimates(queue), queue.plan.get("threads") or 1
     jobs = est["jobs"]
     runs = [j for j in jobs if j["kind"] == "run"]
-    per_views: dict = {}
-    for j in jobs:
-        if j["source"] == "measured":
-            per_views.setdefault(j["views"], []).append(j["s_per_epoch"])
-    rates = ", ".join(f"{v} views {_mean(t):.1f} s" for v, t in sorted(per_views.items()))
-    trained = sum(j["stop"] - j["start_epoch"] for j in jobs)
-    scratch_s = sum(j["stop"] * j["s_per_epoch"] for j in runs)
-    done = sum(j["status"] == "done" for j in jobs)
-    return [f"- Plan `{plan_name}`: {len(jobs)} jobs ({len(runs)} results rows and {len(jobs) - len(runs)} shared "
-            f"warm-ups), {done} done; {trained:,} epochs trained in all, against {sum(j['stop'] for j in runs):,} "
-            "if every row ran from scratch.",
-            f"- Median epoch time so far: {rates or 'none measured yet'} ({est['threads']} threads; the epochs "
-            "slowed by other work on the machine count too).",
-            f"- The whole plan takes {est['total_s'] / 3600:.1f} hours of the machine at those times, one job at a "
-            f"time (every row from scratch: {scratch_s / 3600:.1f}); {est['left_s'] / 3600:.1f} are left."]
+    spent, pooled = 0.0, {}
+    for job in queue.jobs:
+        times = (queue.progress(job) or {}).get("epoch_times_s", [])[job.start_epoch:]
+        spent += sum(times)
+        pooled.setdefault(job.views, []).extend(times)
+    rates = ", ".join(f"{v} views {statistics.median(t):.1f} s" for v, t in sorted(pooled.items()) if t)
+    guessed = [j for j in jobs if not j["source"].startswith("measured") and j["status"] != "done"]
+    guessed_s = sum(j["left_s"] for j in guessed)
+    score_s = (est["total_s"] - sum((j["stop"] - j["start_epoch"]) * j["s_per_epoch"] for j in jobs)) / len(runs)
+    scratch_s = sum(j["stop"] * j["s_per_epoch"] + score_s for j in runs)
+    out = [f"- Plan `{queue.plan['name']}`: {len(jobs)} jobs ({len(runs)} results rows and {len(jobs) - len(runs)} "
+           f"shared warm-ups), {sum(j['status'] == 'done' for j in jobs)} done. The plan trains "
+           f"{sum(j['stop'] - j['start_epoch'] for j in jobs):,} epochs, against "
+           f"{sum(j['stop'] for j in runs):,} if every row ran from scratch.",
+           f"- Measured so far: {spent / 3600:.1f} hours of training, one job at a time on {threads} threads "
+           f"(including epochs slowed by other work on the machine); median epoch: {rates or 'none yet'}.",
+           f"- The whole plan: {est['total_s'] / 3600:.1f} hours on an idle machine at the median epoch times "
+           f"({est['total_s'] * threads / 3600:.1f} CPU core-hours; every row from scratch: "
+           f"{scratch_s / 3600:.1f} hours); {est['left_s'] / 3600:.1f} hours left."]
+    if guessed:
+        kinds = sorted({f"{j['preset']} ({j['views']} views, {j['s_per_epoch']:.1f} s)" for j in guessed})
+        out.append(f"- Not measured yet, from the plan's default epoch times: {', '.join(kinds)}; "
+                   f"{guessed_s / 3600:.1f} of the hours left.")
+    return out
 
 
 def pretrained_table(rows, reference="scratch"):
@@ -307,6 +318,38 @@ def pretrained_table(rows, reference="scratch"):
     return out
 
 
+CLAIM_KEYS = (("train", "nmi", "NMI"), ("train", "balanced_acc", "bal. ACC"), ("train", "tail_acc", "tail ACC"),
+              ("test", "nmi", "test NMI"), ("test", "balanced_acc", "test bal. ACC"))
+
+
+def lead_table(rows, claimants=("dcl_cluster", "p2ot"), factor=100.0):
+    """The claim, paired: each claimant minus every other method on the same seeds, and the
+    scores on which its lead exceeds one standard deviation of the paired differences."""
+    out = ["| claimant | minus | seeds | " + " | ".join(label for _, _, label in CLAIM_KEYS)
+           + " | ahead beyond one std on |", "|---|---|---:|" + "---:|" * len(CLAIM_KEYS) + "---|"]
+    by = {}
+    for r in rows:
+        if r["imbalance_factor"] == factor:
+            by.setdefault(r["preset"], {})[r["seed"]] = r
+    for claimant in claimants:
+        for other in PRESETS_80:
+            if other == claimant or claimant not in by or other not in by:
+                continue
+            seeds = sorted(set(by[claimant]) & set(by[other]))
+            if not seeds:
+                continue
+            cells, ahead = [], []
+            for split, key, label in CLAIM_KEYS:
+                diffs = [by[claimant][s][split][key] - by[other][s][split][key] for s in seeds]
+                cells.append(_mean_std(diffs, sign="+"))
+                if len(diffs) > 1 and _mean(diffs) - statistics.stdev(diffs) > 0:
+                    ahead.append(label)
+            verdict = ", ".join(ahead) if len(seeds) > 1 else "(one seed)"
+            out.append(f"| `{claimant}` | `{other}` | {len(seeds)} | " + " | ".join(cells)
+                       + f" | {verdict or 'none'} |")
+    return out
+
+
 def budget_section(text, short, long):
     """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
     against ``dcl`` and the plots, from the queue's rows."""
@@ -316,6 +359,7 @@ def budget_section(text, short, long):
     text = replace_block(text, "quality80-test", quality_table(long, "test", cost=False))
     text = replace_block(text, "budget80", budget_table(short, long))
     text = replace_block(text, "paired80", paired_table(long, methods=[p for p in PRESETS_80 if p != "dcl"]))
+    text = replace_block(text, "lead80", lead_table(long))
     for split in ("train", "test"):
         plot_per_class(long, split, DOC.parent / "assets" / f"queue80_per_class_{split}.png", budget)
     plot_cluster_sizes(long, DOC.parent / "assets" / "queue80_cluster_sizes.png", budget=budget)
@@ -359,7 +403,11 @@ def main() -> None:
         plot_cluster_sizes(quality, DOC.parent / "assets" / "quality_cluster_sizes.png")
         queue_path = HERE / "results" / f"queue_{QUEUE_PLAN}.json"
         if queue_path.exists():
-            text = budget_section(text, quality, json.loads(queue_path.read_text()))
+            short = [r for r in quality if r.get("epochs") == 8]
+            keys = [(r["preset"], r["imbalance_factor"], r["seed"]) for r in short]
+            if len(keys) != len(set(keys)):
+                raise SystemExit("two 8-epoch rows for one (preset, IF, seed): the 80-epoch section pairs one per seed")
+            text = budget_section(text, short, json.loads(queue_path.read_text()))
         late_path = HERE / "results" / "quality_late_warmup.json"
         if late_path.exists():
             text = replace_block(text, "warmup", warmup_table(quality, json.loads(late_path.read_text()), ablations))

@@ -106,3 +106,38 @@ def test_budget_table_pairs_the_two_budgets_on_the_same_seeds():
     assert cells[0] == "| dcl" and cells[1] == "2"
     assert cells[2] == "0.150 → 0.300 (+0.150 ± 0.071)"  # (0.1 + 0.2) / 2 -> (0.2 + 0.4) / 2, changes 0.1, 0.2
     assert cells[3] == "0.200 → 0.200 (+0.000 ± 0.000)"
+
+
+def _claim_row(preset, seed, nmi, tail=0.1):
+    split = {"nmi": nmi, "balanced_acc": 0.2, "tail_acc": tail, "acc": 0.3, "macro_f1": 0.2, "ari": 0.1,
+             "head_acc": 0.3, "medium_acc": 0.2, "source": "head"}
+    return {"preset": preset, "seed": seed, "epochs": 80, "imbalance_factor": 100, "train": split, "test": split}
+
+
+def test_lead_table_names_only_leads_beyond_one_std_of_the_paired_differences():
+    from benchmarks import write_docs
+
+    rows = [_claim_row("dcl_cluster", s, nmi) for s, nmi in enumerate([0.30, 0.31, 0.32])]
+    rows += [_claim_row("dcl", s, nmi) for s, nmi in enumerate([0.20, 0.21, 0.22])]  # behind by 0.1 on each seed
+    rows += [_claim_row("cc", s, nmi, tail) for s, (nmi, tail) in enumerate([(0.20, 0.0), (0.40, 0.2), (0.30, 0.1)])]
+    table = write_docs.lead_table(rows, claimants=("dcl_cluster",))
+    assert len(table) == 4  # header, rule, dcl, cc (no p2ot rows: no p2ot line)
+    dcl, cc = (line.split(" | ") for line in table[2:])
+    assert dcl[1] == "`dcl`" and dcl[3] == "+0.100 ± 0.000" and dcl[-1] == "NMI, test NMI |"
+    # against cc: +0.10, -0.09, +0.02 on NMI (mean 0.01 < std); tail +0.1, -0.1, 0.0: no lead anywhere
+    assert cc[3] == "+0.010 ± 0.095" and cc[-1] == "none |"
+    one_seed = write_docs.lead_table(rows[:1] + rows[3:4], claimants=("dcl_cluster",))
+    assert one_seed[2].endswith("| (one seed) |")
+
+
+def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path):
+    from benchmarks import jobqueue, write_docs
+
+    rows = [_claim_row("dcl", 0, 0.2)]
+    with_cost, without = write_docs.quality_table(rows, "train"), write_docs.quality_table(rows, "train", cost=False)
+    for table, columns in ((with_cost, 14), (without, 12)):
+        assert all(line.count("|") == columns + 1 for line in table)
+    queue = jobqueue.Queue(jobqueue.load_plan("smoke_digits"), state_dir=tmp_path, results_dir=tmp_path)
+    lines = write_docs.queue_cost(queue)
+    assert "0 done" in lines[0] and "0.0 hours of training" in lines[1] and "none yet" in lines[1]
+    assert lines[-1].startswith("- Not measured yet")  # nothing has run: every epoch time is the plan's default
