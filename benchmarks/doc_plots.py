@@ -62,7 +62,8 @@ def plot_per_class(rows, split, path: Path, budget="") -> None:
 
 def plot_cluster_sizes(rows, path: Path, factor=100.0, budget="") -> None:
     """Cluster sizes against class sizes on the long-tailed train set, both sorted, one panel
-    per method: does the tail survive?"""
+    per method: does the tail survive? Empty clusters stay visible (symlog axis) and are counted
+    in the panel's title (over all seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +88,11 @@ def plot_cluster_sizes(rows, path: Path, factor=100.0, budget="") -> None:
         ax.plot(ranks, [_mean(col) for col in zip(*sizes, strict=True)], "o-", label="clusters (mean)")
         ax.fill_between(ranks, [min(col) for col in zip(*sizes, strict=True)],
                         [max(col) for col in zip(*sizes, strict=True)], alpha=0.25)
-        ax.set_yscale("log")
-        detail = ", ".join(x for x in (runs[0][split]["source"], f"{len(runs)} seeds", budget) if x)
+        ax.set_yscale("symlog", linthresh=10)  # a log scale that keeps empty clusters (0) on the plot
+        ax.set_ylim(bottom=0)
+        empty = sum(size == 0 for r in runs for size in r[split]["cluster_sizes"])
+        detail = ", ".join(x for x in (runs[0][split]["source"], f"{len(runs)} seeds", budget,
+                                       f"{empty} empty" if empty else "") if x)
         ax.set_title(f"{name}\n({detail})", fontsize=9)
         ax.set_xlabel("rank by size")
         ax.grid(alpha=0.3)

@@ -53,6 +53,7 @@ import datetime as _dt
 import gc
 import json
 import os
+import platform
 import resource
 import signal
 import socket
@@ -589,10 +590,22 @@ def run_job(queue: Queue, job: Job, data_dir: str | None, log=print) -> dict | N
            "final_loss": epoch_log.epoch_loss[-1], "settings": _json_safe(dict(module.hparams)),
            **scores,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "resumes": resumes, "finished": _now()}
+           "resumes": resumes, "finished": _now(), "machine": machine()}
     if torch.cuda.is_available():
         row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return row
+
+
+def machine() -> dict:
+    """Where a row was computed: a plan finished across machines stays auditable (the last bits
+    of a result depend on the CPU's kernels, the torch build and the thread count)."""
+    import torch
+
+    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 # --------------------------------------------------------------------------- run

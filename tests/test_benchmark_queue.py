@@ -4,6 +4,7 @@ mode runs."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,14 +56,27 @@ def test_a_killed_queue_resumes_to_the_rows_of_an_uninterrupted_one(tmp_path):
     status = jobqueue.main(["status", PLAN, *dirs(part)])
     assert "2 done, 1 partial" in status and "epoch 3/4 (from 2)" in status
     assert set(rows(part)) == {DCL}
-    # 3. resumed here, in another process than the ones that started the jobs
+    # a new machine gets the repository: the committed state and results, not the local files
+    # that benchmarks/queue_state/.gitignore keeps out (the running job's last.ckpt among them)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(part, fresh)
+    ignored = [line for line in (REPO / "benchmarks" / "queue_state" / ".gitignore").read_text().splitlines()
+               if line and not line.startswith(("#", "!"))]
+    dropped = [p for pattern in ignored for p in (fresh / "state").rglob(pattern)]
+    assert fresh / "state" / PLAN / DCL_CLUSTER / "last.ckpt" in dropped
+    for path in dropped:
+        path.unlink()
+    assert (fresh / "state" / PLAN / WARMUP / "final.ckpt").exists()  # committed: the tail restarts from it
+    # 3. resumed here, in another process than the ones that started the jobs, and on the "new machine"
     jobqueue.main(["run", PLAN, *dirs(part)])
-    resumed = rows(part)
+    jobqueue.main(["run", PLAN, *dirs(fresh)])
+    resumed, elsewhere = rows(part), rows(fresh)
     assert resumed[DCL_CLUSTER]["resumes"] == 1 and full[DCL_CLUSTER]["resumes"] == 0
     for job, row in full.items():
         for key, value in row.items():
             if key not in jobqueue._TIMING_KEYS:
                 assert resumed[job][key] == value, (job, key)
+                assert elsewhere[job][key] == value, (job, key)
         assert len(resumed[job]["epoch_times_s"]) == 4
     assert full[DCL_CLUSTER]["train"]["source"] == "head" and full[DCL]["train"]["source"] == "k-means"
     assert full[DCL]["epoch_loss"][:2] == full[DCL_CLUSTER]["epoch_loss"][:2]  # the shared warm-up
