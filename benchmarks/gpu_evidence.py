@@ -67,18 +67,20 @@ def environment() -> dict:
     return env
 
 
-def measure_loader(dm_kwargs: dict, workers: list[int], batches: int, clean_views: list[bool]) -> list[dict]:
-    """Images/s out of ``train_dataloader()`` after the first batch (worker start-up apart)."""
-    from benchmarks.loader_throughput import measure
+def measure_loader(dm_kwargs: dict, workers: list[int], epochs: int, clean_views: list[bool]) -> list[dict]:
+    """Images/s out of ``train_dataloader()`` over whole epochs after the first (worker
+    start-up and prefetching apart: :func:`benchmarks.loader_throughput.measure_epochs`)."""
+    from benchmarks.loader_throughput import measure_epochs
 
     rows = []
     for clean in clean_views:
         for w in workers:
-            rate, first, seen = measure({**dm_kwargs, "clean_view": clean}, w, batches)
+            rate, first, seen = measure_epochs({**dm_kwargs, "clean_view": clean}, w, epochs)
             rows.append({"workers": w, "views": 3 if clean else 2, "images_per_s": rate,
-                         "views_per_s": rate * (3 if clean else 2), "first_batch_s": first, "batches": seen})
+                         "views_per_s": rate * (3 if clean else 2), "first_epoch_s": first, "epochs": epochs,
+                         "batches": seen})
             print(f"loader: {w:2d} workers, {3 if clean else 2} views: {rate:8.0f} images/s "
-                  f"(first batch {first:.1f} s)", flush=True)
+                  f"over {epochs} epochs (first epoch {first:.1f} s)", flush=True)
     return rows
 
 
@@ -172,7 +174,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="loader workers to measure (default: 1/4, 1/2 and all CPU cores)")
-    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--loader-epochs", type=int, default=2, help="timed loader epochs after the first")
     parser.add_argument("--limit-batches", type=int, default=None,
                         help="training batches an epoch (a quick check of the full recipe on a CPU)")
     parser.add_argument("--no-score", dest="score", action="store_false")
@@ -184,7 +186,7 @@ def main(argv=None) -> dict:
 
     threads = torch.get_num_threads()
     if args.smoke:
-        args.budget_s, args.loader_batches = min(args.budget_s, 6.0), 3
+        args.budget_s, args.loader_epochs = min(args.budget_s, 6.0), 1
         args.workers, args.threads = args.workers or [0], args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,7 +216,7 @@ def _run(args) -> dict:
     print(json.dumps(result["environment"]), flush=True)
     dm_kwargs = {"dataset": data["dataset"], "data_dir": data.get("data_dir"), "imbalance_factor":
                  args.imbalance_factor, "batch_size": recipe["batch_size"], "seed": args.seed}
-    result["loader"] = measure_loader(dm_kwargs, workers, args.loader_batches, [False, True])
+    result["loader"] = measure_loader(dm_kwargs, workers, args.loader_epochs, [False, True])
     best = max(result["loader"], key=lambda r: (r["views"] == 3, r["images_per_s"]))["workers"]
     result["train_workers"] = best
     _write_json(args.out, result)

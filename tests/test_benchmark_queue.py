@@ -151,7 +151,8 @@ def test_gpu_evidence_smoke(tmp_path):
     result = gpu_evidence.main(["--smoke", "--out", str(out)])
     assert json.loads(out.read_text())["presets"].keys() == result["presets"].keys()
     assert {r["views"] for r in result["loader"]} == {2, 3}
-    for preset in ("dcl", "dcl_cluster"):
+    assert all(r["images_per_s"] > 0 and r["epochs"] == 1 and r["batches"] >= 1 for r in result["loader"])
+    for preset in ("dcl", "dcl_cluster", "p2ot"):
         row = result["presets"][preset]
         assert row["epochs_run"] >= 1 and row["contrastive"]["images_per_s"] > 0
     assert "clustering" in result["presets"]["dcl_cluster"]
