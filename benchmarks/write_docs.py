@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.ablations import LATE_START_VARIANTS, PER_CLASS_VARIANTS
-from benchmarks.doc_plots import METHOD_ORDER, plot_cluster_sizes, plot_per_class
+from benchmarks.doc_plots import METHOD_ORDER, _mean, plot_cluster_sizes, plot_per_class
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "benchmarks.md"
@@ -132,15 +132,15 @@ def digits_table(rows):
     return out
 
 
-
-def _mean(values):
-    return sum(values) / len(values)
+def _seed_diffs(runs, reference, split, key):
+    """``run - reference`` on each seed both have."""
+    by_seed = {r["seed"]: r[split][key] for r in reference}
+    return [r[split][key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed]
 
 
 def _paired(runs, reference, split, key):
     """Mean ± std over seeds of ``run - reference`` on the same seed (same warm-up)."""
-    by_seed = {r["seed"]: r[split][key] for r in reference}
-    return _mean_std([r[split][key] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed], sign="+")
+    return _mean_std(_seed_diffs(runs, reference, split, key), sign="+")
 
 
 def _size_range(runs, split="train"):
@@ -198,7 +198,6 @@ def shipped_preset_rows(ablations, warmup_fraction=None):
     return [{k: v for k, v in r.items() if k not in ("wall_s", "variant")} for r in ablations if is_shipped(r)]
 
 
-
 def new_objective_rows():
     """The quality rows of the objectives added in 0.2 (P²OT, SCAN), run apart from the others at
     the same budget (``quality_p2ot_scan_*.json``); their pixel floors repeat the table's."""
@@ -249,7 +248,7 @@ def budget_table(short, long, factor=100.0):
         cells = []
         for split, k in keys:
             was, now = _mean([before[s][split][k] for s in seeds]), _mean([after[s][split][k] for s in seeds])
-            change = _mean_std([after[s][split][k] - before[s][split][k] for s in seeds], sign="+")
+            change = _paired([after[s] for s in seeds], [before[s] for s in seeds], split, k)
             cells.append(f"{was:.3f} → {now:.3f} ({change})")
         out.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return out
@@ -340,7 +339,7 @@ def lead_table(rows, claimants=("dcl_cluster", "p2ot"), factor=100.0):
                 continue
             cells, ahead = [], []
             for split, key, label in CLAIM_KEYS:
-                diffs = [by[claimant][s][split][key] - by[other][s][split][key] for s in seeds]
+                diffs = _seed_diffs([by[claimant][s] for s in seeds], [by[other][s] for s in seeds], split, key)
                 cells.append(_mean_std(diffs, sign="+"))
                 if len(diffs) > 1 and _mean(diffs) - statistics.stdev(diffs) > 0:
                     ahead.append(label)
