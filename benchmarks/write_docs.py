@@ -349,6 +349,42 @@ def lead_table(rows, claimants=("dcl_cluster", "p2ot"), factor=100.0):
     return out
 
 
+FEATURE_KEYS = (("nmi", "NMI"), ("balanced_acc", "bal. ACC"), ("tail_acc", "tail ACC"))
+
+
+def _kmeans_scores(run, split):
+    """k-means (fit on ``split``'s own features) on a run's backbone features: its main scores for
+    a method without a head, else its ``*_k-means`` scores."""
+    return run[f"{split}_k-means"] if f"{split}_k-means" in run else run[split]
+
+
+def features_table(rows, reference="dcl", factor=100.0):
+    """Head or features: each clustering method's head minus k-means on its own features, and
+    k-means on its features minus k-means on ``reference``'s, paired by seed, per split. k-means
+    is fit on each split's features (transductive); the head was trained on the training set
+    only and is applied as it is."""
+    labels = [f"{label} {kind}" for kind in ("head − k-means", "features − dcl's") for _, label in FEATURE_KEYS]
+    out = ["| method | split | seeds | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(labels)]
+    by = {}
+    for r in rows:
+        if r["imbalance_factor"] == factor:
+            by.setdefault(r["preset"], {})[r["seed"]] = r
+    for method in PRESETS_80:
+        if method == reference or method not in by or reference not in by:
+            continue
+        seeds = sorted(set(by[method]) & set(by[reference]))
+        for split in ("train", "test"):
+            runs = [by[method][s] for s in seeds]
+            has_head = all(f"{split}_k-means" in r for r in runs)
+            cells = [_mean_std([r[split][key] - r[f"{split}_k-means"][key] for r in runs], sign="+")
+                     if has_head else "-" for key, _ in FEATURE_KEYS]
+            for key, _ in FEATURE_KEYS:
+                cells.append(_mean_std([_kmeans_scores(by[method][s], split)[key]
+                                        - _kmeans_scores(by[reference][s], split)[key] for s in seeds], sign="+"))
+            out.append(f"| `{method}` | {split} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return out
+
+
 def budget_section(text, short, long):
     """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
     against ``dcl`` and the plots, from the queue's rows."""
@@ -359,6 +395,7 @@ def budget_section(text, short, long):
     text = replace_block(text, "budget80", budget_table(short, long))
     text = replace_block(text, "paired80", paired_table(long, methods=[p for p in PRESETS_80 if p != "dcl"]))
     text = replace_block(text, "lead80", lead_table(long))
+    text = replace_block(text, "features80", features_table(long))
     for split in ("train", "test"):
         plot_per_class(long, split, DOC.parent / "assets" / f"queue80_per_class_{split}.png", budget)
     plot_cluster_sizes(long, DOC.parent / "assets" / "queue80_cluster_sizes.png", budget=budget)

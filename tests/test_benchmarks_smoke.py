@@ -130,6 +130,35 @@ def test_lead_table_names_only_leads_beyond_one_std_of_the_paired_differences():
     assert one_seed[2].endswith("| (one seed) |")
 
 
+def test_features_table_splits_a_methods_gap_into_head_and_features():
+    from benchmarks import write_docs
+
+    def scores(nmi, bal):
+        return {"nmi": nmi, "balanced_acc": bal, "tail_acc": 0.1}
+
+    def row(preset, seed, head, kmeans=None):
+        r = {"preset": preset, "seed": seed, "imbalance_factor": 100, "train": scores(*head), "test": scores(*head)}
+        if kmeans is not None:  # a method with a head also has k-means on its own features
+            r["train_k-means"] = r["test_k-means"] = scores(*kmeans)
+        return r
+
+    rows = [row("dcl", 0, (0.20, 0.30)), row("dcl", 1, (0.22, 0.34)),
+            row("dcl_cluster", 0, (0.25, 0.20), kmeans=(0.21, 0.30)),
+            row("dcl_cluster", 1, (0.27, 0.26), kmeans=(0.25, 0.36)),
+            row("dcl_cluster", 2, (0.99, 0.99), kmeans=(0.99, 0.99)),  # no dcl seed 2: left out
+            row("simclr", 0, (0.10, 0.10))]
+    table = write_docs.features_table(rows)
+    assert len(table) == 2 + 4  # simclr and dcl_cluster, train and test each
+    simclr, dcl_cluster = table[2].split(" | "), table[4].split(" | ")
+    assert simclr[:3] == ["| `simclr`", "train", "1"] and simclr[3:6] == ["-"] * 3  # no head
+    assert simclr[6] == "-0.100"  # one shared seed: no std
+    assert dcl_cluster[:3] == ["| `dcl_cluster`", "train", "2"]
+    # head - own k-means: NMI +0.04, +0.02; bal. ACC -0.10 on both seeds
+    assert dcl_cluster[3] == "+0.030 ± 0.014" and dcl_cluster[4] == "-0.100 ± 0.000"
+    # own k-means - dcl's k-means (dcl's main scores): NMI +0.01, +0.03; bal. ACC 0.00, +0.02
+    assert dcl_cluster[6] == "+0.020 ± 0.014" and dcl_cluster[7] == "+0.010 ± 0.014"
+
+
 def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path):
     from benchmarks import jobqueue, write_docs
 
