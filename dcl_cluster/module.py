@@ -453,6 +453,10 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         for term in self.objectives:
             term.on_train_epoch_start(self)
 
+    def on_train_epoch_end(self) -> None:
+        for term in self.objectives:
+            term.on_train_epoch_end(self)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # terms edited after construction are saved with their current settings
         hparams = checkpoint.setdefault("hyper_parameters", {})

@@ -2,6 +2,9 @@
 them, the datamodule serving a neighbour's view and the strong view, the terms being the loss
 functions, exact resume with the neighbour table in the checkpoint, and clear errors."""
 
+import math
+import warnings
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 
 from dcl_cluster import DebiasedClusterModule, LongTailDataModule
 from dcl_cluster.losses import confident_self_label_loss, scan_loss
-from dcl_cluster.objectives import ConfidentSelfLabel, InfoNCE, SCANConsistency, StepOutputs
+from dcl_cluster.objectives import ConfidentSelfLabel, InfoNCE, SCANConsistency, StepOutputs, WarmupOnly
 from dcl_cluster.objectives.scan import nearest_neighbors
 
 SMALL = dict(backbone_width=4, projection_hidden_dim=32, projection_dim=16)
@@ -41,6 +44,63 @@ def test_the_terms_are_the_loss_functions():
                                scan_loss(logits["a"], logits["neighbor"], 5.0, step.cluster_prior))
     torch.testing.assert_close(ConfidentSelfLabel(threshold=0.5)(step),
                                confident_self_label_loss(logits["clean"], logits["strong"], 0.5))
+
+
+def test_self_label_logs_its_confident_share_and_warns_once_after_an_epoch_without_one():
+    g = torch.Generator().manual_seed(1)
+    weak = torch.randn(64, 5, generator=g, dtype=torch.float64) * 4
+    step = StepOutputs(torch.randn(64, 2), torch.randn(64, 2),
+                       logits={"clean": weak.float(), "strong": torch.randn(64, 5, generator=g)})
+    term = ConfidentSelfLabel(threshold=0.9)
+    term(step)
+    # the share as a plain loop computes it: rows whose largest softmax probability exceeds 0.9
+    confident = 0
+    for row in weak.tolist():
+        exps = [math.exp(v - max(row)) for v in row]
+        confident += max(exps) / sum(exps) > 0.9
+    assert 0 < confident < 64
+    assert float(term.logs()["self_label_confident_share"]) == pytest.approx(confident / 64)
+
+    class Module:
+        current_epoch = 7
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        term.on_train_epoch_end(Module())  # some were confident: quiet
+        ConfidentSelfLabel().on_train_epoch_end(Module())  # never ran this epoch: quiet
+    sure_of_nothing = StepOutputs(torch.randn(8, 2), torch.randn(8, 2),
+                                  logits={"clean": torch.zeros(8, 5), "strong": torch.randn(8, 5)})
+    term = ConfidentSelfLabel()
+    for _ in range(3):
+        assert float(term(sure_of_nothing)) == 0.0  # nothing above 0.99: the stage trains nothing
+    with pytest.warns(UserWarning, match=r"threshold=0.99 in epoch 7 \(24 images\): self-labelling trained nothing"):
+        term.on_train_epoch_end(Module())
+    term(sure_of_nothing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        term.on_train_epoch_end(Module())  # once per fit
+
+
+def test_warmup_only_passes_the_hooks_to_its_term():
+    calls = []
+
+    class Recording(InfoNCE):
+        def on_setup(self, module):
+            calls.append("setup")
+
+        def on_fit_start(self, module):
+            calls.append("fit_start")
+
+        def on_train_epoch_start(self, module):
+            calls.append("epoch_start")
+
+        def on_train_epoch_end(self, module):
+            calls.append("epoch_end")
+
+    wrapped = WarmupOnly(Recording())
+    for hook in ("on_setup", "on_fit_start", "on_train_epoch_start", "on_train_epoch_end"):
+        getattr(wrapped, hook)(None)
+    assert calls == ["setup", "fit_start", "epoch_start", "epoch_end"]
 
 
 def digits(**kwargs):
@@ -92,6 +152,7 @@ def test_scan_trains_mines_once_and_resumes_exactly(name, tmp_path):
     scan = full.objectives[1]
     assert scan.neighbors.shape == (494, 5) and int(scan.mined_epoch) == 1  # mined at the warm-up's end, once
     assert "train/scan" in trainer.callback_metrics and "train/self_label" in trainer.callback_metrics
+    assert 0 <= float(trainer.callback_metrics["train/self_label_confident_share"]) <= 1
     _, first = run(tmp_path / "part", callbacks=[InterruptAfter()])
     resumed, _ = run(tmp_path / "part", ckpt_path=first.checkpoint_callback.best_model_path, seed=9)
     for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):

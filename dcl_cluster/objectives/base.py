@@ -60,7 +60,8 @@ class Objective(nn.Module):
     Subclasses set :attr:`name` (the key in ``loss_terms`` and the logs), implement
     :meth:`forward`, and, as needed, :meth:`needs`, :meth:`check` (range checks of their
     settings: run after construction and again at the module's ``setup``, never per step),
-    :meth:`build` (buffers sized by the number of clusters) and :meth:`on_train_epoch_start`.
+    :meth:`build` (buffers sized by the number of clusters), :meth:`on_train_epoch_start` and
+    :meth:`on_train_epoch_end`.
     A term that keeps state (a memory bank, a running estimate) keeps it in buffers, so
     checkpoints and resume stay exact.
 
@@ -134,6 +135,9 @@ class Objective(nn.Module):
     def on_train_epoch_start(self, module: nn.Module) -> None:
         """Called at the start of every training epoch, after the module has readied its
         cluster head (e.g. to mine nearest neighbours at the end of the warm-up)."""
+
+    def on_train_epoch_end(self, module: nn.Module) -> None:
+        """Called at the end of every training epoch (e.g. to report what the term did in it)."""
 
     def logs(self) -> dict[str, Tensor | float]:
         """Extra values to log after :meth:`forward` (``train/<key>``); default none."""

@@ -8,6 +8,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from dcl_cluster.losses.scan import confident_self_label_loss, scan_loss
@@ -183,6 +184,11 @@ class ConfidentSelfLabel(Objective):
     switches on at ``start``, a share of the clustering phase, and from that epoch on asks
     the datamodule for the strong view (``serve_strong_view``: RandAugment + cutout).
 
+    It logs ``train/self_label_confident_share``, the share of the (global) batch above
+    ``threshold``, and warns once per fit when a whole epoch had no confident image: then
+    the loss is 0 and the stage trains nothing (a head after a short SCAN stage is rarely
+    0.99 sure).
+
     Args:
         weight: Weight in the sum.
         threshold: Confidence in ``(0, 1)`` (0.99 in SCAN).
@@ -206,6 +212,10 @@ class ConfidentSelfLabel(Objective):
         self.class_balance = class_balance
         self.start = start
         self._start_epoch = 0  # set at fit start from the schedule
+        self._last: dict[str, Tensor] = {}
+        self._epoch_confident: Tensor | None = None  # summed on the device: no host sync per step
+        self._epoch_rows = 0
+        self._warned = False
 
     def check(self) -> None:
         super().check()
@@ -229,5 +239,24 @@ class ConfidentSelfLabel(Objective):
         return step.epoch >= self._start_epoch
 
     def forward(self, step: StepOutputs) -> Tensor:
-        return confident_self_label_loss(step.logits["clean"], step.logits["strong"], self.threshold,
-                                         self.class_balance)
+        weak = step.logits["clean"]
+        with torch.no_grad():
+            confident = (weak.detach().float().softmax(dim=1).amax(dim=1) > self.threshold).sum()
+            self._epoch_confident = confident if self._epoch_confident is None else self._epoch_confident + confident
+            self._epoch_rows += len(weak)
+            self._last = {"self_label_confident_share": confident.float() / max(len(weak), 1)}
+        return confident_self_label_loss(weak, step.logits["strong"], self.threshold, self.class_balance)
+
+    def logs(self) -> dict[str, Tensor | float]:
+        return dict(self._last)
+
+    def on_train_epoch_end(self, module: nn.Module) -> None:
+        confident, rows = self._epoch_confident, self._epoch_rows
+        self._epoch_confident, self._epoch_rows = None, 0
+        if confident is None or self._warned or int(confident) > 0:
+            return
+        self._warned = True
+        rank_zero_warn(
+            f"ConfidentSelfLabel: no un-augmented prediction was above threshold={self.threshold} in epoch "
+            f"{module.current_epoch} ({rows} images): self-labelling trained nothing (its loss is 0). The head "
+            "is not that confident yet: give the SCAN stage more epochs or lower `threshold`.")

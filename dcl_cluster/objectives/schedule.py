@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from dcl_cluster.objectives.base import Needs, Objective, build_objectives
 from dcl_cluster.objectives.step import StepOutputs
@@ -19,7 +19,7 @@ class WarmupOnly(Objective):
 
     Args:
         term: The wrapped term (an ``Objective`` or its ``class_path`` config); its name,
-            needs and logs are this term's.
+            needs, logs and hooks are this term's.
         weight: Weight in the sum (multiplies the wrapped term's own weight).
 
     Examples:
@@ -63,6 +63,18 @@ class WarmupOnly(Objective):
 
     def build(self, num_clusters: int | None) -> None:
         self.term.build(num_clusters)
+
+    def on_setup(self, module: nn.Module) -> None:
+        self.term.on_setup(module)
+
+    def on_fit_start(self, module: nn.Module) -> None:
+        self.term.on_fit_start(module)
+
+    def on_train_epoch_start(self, module: nn.Module) -> None:
+        self.term.on_train_epoch_start(module)
+
+    def on_train_epoch_end(self, module: nn.Module) -> None:
+        self.term.on_train_epoch_end(module)
 
     def logs(self) -> dict[str, Tensor | float]:
         return self.term.logs()
