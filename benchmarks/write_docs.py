@@ -276,15 +276,17 @@ def queue_cost(queue=None):
     guessed_s = sum(j["left_s"] for j in guessed)
     score_s = (est["total_s"] - sum((j["stop"] - j["start_epoch"]) * j["s_per_epoch"] for j in jobs)) / len(runs)
     scratch_s = sum(j["stop"] * j["s_per_epoch"] + score_s for j in runs)
+    finished = all(j["status"] == "done" for j in jobs)
     out = [f"- Plan `{queue.plan['name']}`: {len(jobs)} jobs ({len(runs)} results rows and {len(jobs) - len(runs)} "
            f"shared warm-ups), {sum(j['status'] == 'done' for j in jobs)} done. The plan trains "
            f"{sum(j['stop'] - j['start_epoch'] for j in jobs):,} epochs, against "
            f"{sum(j['stop'] for j in runs):,} if every row ran from scratch.",
-           f"- Measured so far: {spent / 3600:.1f} hours of training, one job at a time on {threads} threads "
+           f"- Measured{'' if finished else ' so far'}: {spent / 3600:.1f} hours of training, one job at a time "
+           f"on {threads} threads "
            f"(including epochs slowed by other work on the machine); median epoch: {rates or 'none yet'}.",
            f"- The whole plan: {est['total_s'] / 3600:.1f} hours on an idle machine at the median epoch times "
            f"({est['total_s'] * threads / 3600:.1f} CPU core-hours; every row from scratch: "
-           f"{scratch_s / 3600:.1f} hours); {est['left_s'] / 3600:.1f} hours left."]
+           f"{scratch_s / 3600:.1f} hours)" + ("." if finished else f"; {est['left_s'] / 3600:.1f} hours left.")]
     if guessed:
         kinds = sorted({f"{j['preset']} ({j['views']} views, {j['s_per_epoch']:.1f} s)" for j in guessed})
         out.append(f"- Not measured yet, from the plan's default epoch times: {', '.join(kinds)}; "

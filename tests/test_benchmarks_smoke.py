@@ -169,4 +169,5 @@ def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path)
     queue = jobqueue.Queue(jobqueue.load_plan("smoke_digits"), state_dir=tmp_path, results_dir=tmp_path)
     lines = write_docs.queue_cost(queue)
     assert "0 done" in lines[0] and "0.0 hours of training" in lines[1] and "none yet" in lines[1]
+    assert "so far" in lines[1] and lines[2].endswith("hours left.")  # unfinished: says what is left
     assert lines[-1].startswith("- Not measured yet")  # nothing has run: every epoch time is the plan's default
