@@ -79,6 +79,16 @@ def test_self_label_logs_its_confident_share_and_warns_once_after_an_epoch_witho
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         term.on_train_epoch_end(Module())  # once per fit
+    term.on_fit_start(Module())  # a new fit: warns again, and its counts start from zero
+    assert term.logs() == {}
+    sure_of_five = StepOutputs(torch.randn(8, 2), torch.randn(8, 2),
+                               logits={"clean": 20 * torch.eye(8, 5), "strong": torch.randn(8, 5)})
+    assert float(term(sure_of_five)) > 0  # a confident epoch, then one without: the counts are per epoch
+    assert float(term.logs()["self_label_confident_share"]) == 5 / 8
+    term.on_train_epoch_end(Module())
+    term(sure_of_nothing)
+    with pytest.warns(UserWarning, match=r"in epoch 7 \(8 images\)"):
+        term.on_train_epoch_end(Module())
 
 
 def test_warmup_only_passes_the_hooks_to_its_term():

@@ -184,10 +184,12 @@ class ConfidentSelfLabel(Objective):
     switches on at ``start``, a share of the clustering phase, and from that epoch on asks
     the datamodule for the strong view (``serve_strong_view``: RandAugment + cutout).
 
-    It logs ``train/self_label_confident_share``, the share of the (global) batch above
-    ``threshold``, and warns once per fit when a whole epoch had no confident image: then
-    the loss is 0 and the stage trains nothing (a head after a short SCAN stage is rarely
-    0.99 sure).
+    It logs ``train/self_label_confident_share``, the share of the batch it sees above
+    ``threshold`` (the global batch when the module gathers across processes, else rank 0's
+    share of it decides), and warns once per fit when a whole epoch had no confident image:
+    then the loss is 0 and the stage trains nothing (a head after a short SCAN stage is
+    rarely 0.99 sure; a cosine head's logits are bounded by ``cosine_scale``, and 0.99 over
+    10 clusters needs a cosine margin of about 0.68 at the default scale of 10).
 
     Args:
         weight: Weight in the sum.
@@ -250,6 +252,9 @@ class ConfidentSelfLabel(Objective):
     def logs(self) -> dict[str, Tensor | float]:
         return dict(self._last)
 
+    def on_fit_start(self, module: nn.Module) -> None:
+        self._last, self._epoch_confident, self._epoch_rows, self._warned = {}, None, 0, False
+
     def on_train_epoch_end(self, module: nn.Module) -> None:
         confident, rows = self._epoch_confident, self._epoch_rows
         self._epoch_confident, self._epoch_rows = None, 0
@@ -259,4 +264,5 @@ class ConfidentSelfLabel(Objective):
         rank_zero_warn(
             f"ConfidentSelfLabel: no un-augmented prediction was above threshold={self.threshold} in epoch "
             f"{module.current_epoch} ({rows} images): self-labelling trained nothing (its loss is 0). The head "
-            "is not that confident yet: give the SCAN stage more epochs or lower `threshold`.")
+            "is not that confident yet: give the SCAN stage more epochs, lower `threshold`, or raise the "
+            "cosine head's `cosine_scale` (its logits are bounded by it).")
