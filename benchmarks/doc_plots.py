@@ -91,8 +91,8 @@ def plot_cluster_sizes(rows, path: Path, factor=100.0, budget="") -> None:
         ax.set_yscale("symlog", linthresh=10)  # a log scale that keeps empty clusters (0) on the plot
         ax.set_ylim(bottom=0)
         empty = sum(size == 0 for r in runs for size in r[split]["cluster_sizes"])
-        detail = ", ".join(x for x in (runs[0][split]["source"], f"{len(runs)} seeds", budget,
-                                       f"{empty} empty" if empty else "") if x)
+        empty_text = f"{empty} empty" + (" over the seeds" if len(runs) > 1 else "") if empty else ""
+        detail = ", ".join(x for x in (runs[0][split]["source"], f"{len(runs)} seeds", budget, empty_text) if x)
         ax.set_title(f"{name}\n({detail})", fontsize=9)
         ax.set_xlabel("rank by size")
         ax.grid(alpha=0.3)

@@ -356,15 +356,17 @@ FEATURE_KEYS = (("nmi", "NMI"), ("balanced_acc", "bal. ACC"), ("tail_acc", "tail
 
 def _kmeans_scores(run, split):
     """k-means (fit on ``split``'s own features) on a run's backbone features: its main scores for
-    a method without a head, else its ``*_k-means`` scores."""
-    return run[f"{split}_k-means"] if f"{split}_k-means" in run else run[split]
+    a method without a head, else its ``*_k-means`` scores; ``None`` when the row has neither."""
+    if f"{split}_k-means" in run:
+        return run[f"{split}_k-means"]
+    return run[split] if run[split].get("source", "k-means") == "k-means" else None
 
 
 def features_table(rows, reference="dcl", factor=100.0):
     """Head or features: each clustering method's head minus k-means on its own features, and
     k-means on its features minus k-means on ``reference``'s, paired by seed, per split. k-means
     is fit on each split's features (transductive); the head was trained on the training set
-    only and is applied as it is."""
+    only and is applied as it is. A seed without the scores a column needs is left out of it."""
     labels = [f"{label} {kind}" for kind in ("head − k-means", "features − dcl's") for _, label in FEATURE_KEYS]
     out = ["| method | split | seeds | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(labels)]
     by = {}
@@ -375,14 +377,15 @@ def features_table(rows, reference="dcl", factor=100.0):
         if method == reference or method not in by or reference not in by:
             continue
         seeds = sorted(set(by[method]) & set(by[reference]))
+        if not seeds:
+            continue
         for split in ("train", "test"):
-            runs = [by[method][s] for s in seeds]
-            has_head = all(f"{split}_k-means" in r for r in runs)
-            cells = [_mean_std([r[split][key] - r[f"{split}_k-means"][key] for r in runs], sign="+")
-                     if has_head else "-" for key, _ in FEATURE_KEYS]
-            for key, _ in FEATURE_KEYS:
-                cells.append(_mean_std([_kmeans_scores(by[method][s], split)[key]
-                                        - _kmeans_scores(by[reference][s], split)[key] for s in seeds], sign="+"))
+            heads = [by[method][s] for s in seeds if f"{split}_k-means" in by[method][s]]
+            pairs = [(_kmeans_scores(by[method][s], split), _kmeans_scores(by[reference][s], split)) for s in seeds]
+            pairs = [(own, ref) for own, ref in pairs if own is not None and ref is not None]
+            cells = [_mean_std([r[split][key] - r[f"{split}_k-means"][key] for r in heads], sign="+")
+                     for key, _ in FEATURE_KEYS]
+            cells += [_mean_std([own[key] - ref[key] for own, ref in pairs], sign="+") for key, _ in FEATURE_KEYS]
             out.append(f"| `{method}` | {split} | {len(seeds)} | " + " | ".join(cells) + " |")
     return out
 

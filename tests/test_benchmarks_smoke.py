@@ -133,30 +133,36 @@ def test_lead_table_names_only_leads_beyond_one_std_of_the_paired_differences():
 def test_features_table_splits_a_methods_gap_into_head_and_features():
     from benchmarks import write_docs
 
-    def scores(nmi, bal):
-        return {"nmi": nmi, "balanced_acc": bal, "tail_acc": 0.1}
+    def scores(nmi, bal, tail, source):
+        return {"nmi": nmi, "balanced_acc": bal, "tail_acc": tail, "source": source}
 
-    def row(preset, seed, head, kmeans=None):
-        r = {"preset": preset, "seed": seed, "imbalance_factor": 100, "train": scores(*head), "test": scores(*head)}
-        if kmeans is not None:  # a method with a head also has k-means on its own features
-            r["train_k-means"] = r["test_k-means"] = scores(*kmeans)
+    def row(preset, seed, train, test, train_km=None, test_km=None):
+        r = {"preset": preset, "seed": seed, "imbalance_factor": 100,
+             "train": scores(*train, "head" if train_km else "k-means"),
+             "test": scores(*test, "head" if test_km else "k-means")}
+        if train_km:  # a method with a head also has k-means on its own features
+            r["train_k-means"], r["test_k-means"] = scores(*train_km, "k-means"), scores(*test_km, "k-means")
         return r
 
-    rows = [row("dcl", 0, (0.20, 0.30)), row("dcl", 1, (0.22, 0.34)),
-            row("dcl_cluster", 0, (0.25, 0.20), kmeans=(0.21, 0.30)),
-            row("dcl_cluster", 1, (0.27, 0.26), kmeans=(0.25, 0.36)),
-            row("dcl_cluster", 2, (0.99, 0.99), kmeans=(0.99, 0.99)),  # no dcl seed 2: left out
-            row("simclr", 0, (0.10, 0.10))]
+    rows = [row("dcl", 0, (0.20, 0.30, 0.10), (0.50, 0.60, 0.70)),
+            row("dcl", 1, (0.22, 0.34, 0.12), (0.52, 0.66, 0.72)),
+            row("dcl_cluster", 0, (0.25, 0.20, 0.40), (0.45, 0.50, 0.80), (0.21, 0.30, 0.10), (0.50, 0.60, 0.60)),
+            row("dcl_cluster", 1, (0.27, 0.26, 0.44), (0.47, 0.56, 0.82), (0.25, 0.36, 0.20), (0.56, 0.62, 0.66)),
+            row("dcl_cluster", 2, (0.9, 0.9, 0.9), (0.9, 0.9, 0.9), (0.9, 0.9, 0.9), (0.9, 0.9, 0.9)),  # no dcl seed 2
+            row("simclr", 0, (0.10, 0.10, 0.10), (0.40, 0.40, 0.40)),
+            row("sic", 5, (0.1, 0.1, 0.1), (0.1, 0.1, 0.1), (0.1, 0.1, 0.1), (0.1, 0.1, 0.1))]  # no seed in common
     table = write_docs.features_table(rows)
-    assert len(table) == 2 + 4  # simclr and dcl_cluster, train and test each
-    simclr, dcl_cluster = table[2].split(" | "), table[4].split(" | ")
+    assert len(table) == 2 + 4  # simclr and dcl_cluster, train and test each; sic shares no seed with dcl
+    simclr, train, test = (table[i].split(" | ") for i in (2, 4, 5))
     assert simclr[:3] == ["| `simclr`", "train", "1"] and simclr[3:6] == ["-"] * 3  # no head
     assert simclr[6] == "-0.100"  # one shared seed: no std
-    assert dcl_cluster[:3] == ["| `dcl_cluster`", "train", "2"]
-    # head - own k-means: NMI +0.04, +0.02; bal. ACC -0.10 on both seeds
-    assert dcl_cluster[3] == "+0.030 ± 0.014" and dcl_cluster[4] == "-0.100 ± 0.000"
-    # own k-means - dcl's k-means (dcl's main scores): NMI +0.01, +0.03; bal. ACC 0.00, +0.02
-    assert dcl_cluster[6] == "+0.020 ± 0.014" and dcl_cluster[7] == "+0.010 ± 0.014"
+    assert train[:3] == ["| `dcl_cluster`", "train", "2"] and test[:3] == ["| `dcl_cluster`", "test", "2"]
+    # head - own k-means, train: NMI +0.04, +0.02; bal. ACC -0.10, -0.10; tail +0.30, +0.24
+    assert train[3:6] == ["+0.030 ± 0.014", "-0.100 ± 0.000", "+0.270 ± 0.042"]
+    # own k-means - dcl's (dcl's main scores), train: NMI +0.01, +0.03; bal. ACC 0, +0.02; tail 0, +0.08
+    assert train[6:8] == ["+0.020 ± 0.014", "+0.010 ± 0.014"] and train[8] == "+0.040 ± 0.057 |"
+    # the test split's own numbers: head - k-means NMI -0.05, -0.09; features - dcl's tail -0.10, -0.06
+    assert test[3] == "-0.070 ± 0.028" and test[8] == "-0.080 ± 0.028 |"
 
 
 def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path):
@@ -171,3 +177,5 @@ def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path)
     assert "0 done" in lines[0] and "0.0 hours of training" in lines[1] and "none yet" in lines[1]
     assert "so far" in lines[1] and lines[2].endswith("hours left.")  # unfinished: says what is left
     assert lines[-1].startswith("- Not measured yet")  # nothing has run: every epoch time is the plan's default
+    done = write_docs.queue_cost()  # the committed cifar10_lt_80 state: every job done
+    assert "30 done" in done[0] and done[1].startswith("- Measured: ") and done[2].endswith("hours).")
