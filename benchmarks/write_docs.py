@@ -390,6 +390,37 @@ def features_table(rows, reference="dcl", factor=100.0):
     return out
 
 
+def _curve_at(run, epoch):
+    return next(point for point in run["curve"] if point["epoch"] == epoch)
+
+
+def scan_confidence_table(rows, with_stage="cosine_scale 30", without="cosine_scale 30, no self-labelling"):
+    """``scan_confidence.json``: per variant, the share of un-augmented training images above the
+    threshold at the end of the neighbour stage and of the run, the head's median largest
+    probability, the scores; then the self-labelling stage's paired effect (``with_stage`` minus
+    ``without`` on the same seeds)."""
+    score_keys = (("train", "nmi"), ("train", "balanced_acc"), ("held-out", "nmi"), ("held-out", "balanced_acc"))
+    out = ["| variant | seeds | above 0.99, end of neighbour stage | above 0.99, last epoch | median largest "
+           "probability, last epoch | NMI | bal. ACC | held-out NMI | held-out bal. ACC |",
+           "|---|---:|" + "---:|" * 7]
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    for variant, runs in by.items():
+        stage_end = [_curve_at(r, r["warmup_epochs"] + (r["epochs"] - r["warmup_epochs"]) // 2 - 1) for r in runs]
+        cells = [_mean_std([p["share_above"] for p in stage_end]),
+                 _mean_std([r["curve"][-1]["share_above"] for r in runs]),
+                 _mean_std([r["curve"][-1]["median"] for r in runs])]
+        cells += [_mean_std([r[split][key] for r in runs]) for split, key in score_keys]
+        out.append(f"| {variant} | {len(runs)} | " + " | ".join(cells) + " |")
+    if with_stage in by and without in by:
+        cells = [_paired(by[with_stage], by[without], split, key) for split, key in score_keys]
+        seeds = len({r["seed"] for r in by[with_stage]} & {r["seed"] for r in by[without]})
+        out.append(f"| self-labelling's effect (paired: {with_stage} minus {without}) | {seeds} | - | - | - | "
+                   + " | ".join(cells) + " |")
+    return out
+
+
 def budget_section(text, short, long):
     """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
     against ``dcl`` and the plots, from the queue's rows."""
@@ -452,6 +483,9 @@ def main() -> None:
         late_path = HERE / "results" / "quality_late_warmup.json"
         if late_path.exists():
             text = replace_block(text, "warmup", warmup_table(quality, json.loads(late_path.read_text()), ablations))
+    scan_path = HERE / "results" / "scan_confidence.json"
+    if scan_path.exists():
+        text = replace_block(text, "scan-confidence", scan_confidence_table(json.loads(scan_path.read_text())))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
     pretrained_path = HERE / "results" / "scratch_vs_pretrained.json"

@@ -90,6 +90,37 @@ def test_estimate_k_benchmark_smoke():
     estimate_k.main(["--smoke"])
 
 
+def test_scan_confidence_records_the_head_from_the_clustering_phase_on():
+    from benchmarks import scan_confidence
+
+    row = scan_confidence.run("cosine_scale 30, no self-labelling", seed=0, epochs=4, warmup=2)
+    assert [point["epoch"] for point in row["curve"]] == [2, 3]  # no head in the warm-up
+    for point in row["curve"]:
+        assert 0 <= point["share_above"] <= 1 and 1 / 10 <= point["median"] <= point["p90"] <= point["max"] <= 1
+    assert sum(row["train"]["cluster_sizes"]) == sum(row["train_class_counts"])  # every training image scored
+    assert 0 <= row["held-out"]["nmi"] <= 1
+
+
+def test_scan_confidence_table_reads_the_stage_end_and_pairs_the_self_labelling():
+    from benchmarks import write_docs
+
+    def row(variant, seed, nmi, shares):
+        curve = [{"epoch": 4 + i, "share_above": share, "median": 0.5 + share / 2, "p90": 0.9, "max": 1.0}
+                 for i, share in enumerate(shares)]  # epochs 4..7: neighbour stage 4-5, self-labelling 6-7
+        scores = {"nmi": nmi, "balanced_acc": nmi / 2}
+        return {"variant": variant, "seed": seed, "epochs": 8, "warmup_epochs": 4, "curve": curve,
+                "train": scores, "held-out": scores}
+
+    rows = [row("on", 0, 0.50, [0.0, 0.2, 0.3, 0.4]), row("on", 1, 0.60, [0.0, 0.4, 0.5, 0.6]),
+            row("off", 0, 0.40, [0.0, 0.2, 0.2, 0.2]), row("off", 1, 0.56, [0.0, 0.1, 0.1, 0.1])]
+    table = write_docs.scan_confidence_table(rows, with_stage="on", without="off")
+    on, off, effect = (line.split(" | ") for line in table[2:])
+    assert on[2:5] == ["0.300 ± 0.141", "0.500 ± 0.141", "0.750 ± 0.071"]  # epoch 5: 0.2, 0.4; epoch 7: 0.4, 0.6
+    assert off[2] == "0.150 ± 0.071" and on[5] == "0.550 ± 0.071"
+    assert effect[0].startswith("| self-labelling's effect") and effect[1] == "2"
+    assert effect[5] == "+0.070 ± 0.042" and effect[6] == "+0.035 ± 0.021"  # NMI +0.10, +0.04; bal. ACC halves
+
+
 def test_budget_table_pairs_the_two_budgets_on_the_same_seeds():
     from benchmarks import write_docs
 
