@@ -79,8 +79,9 @@ def test_self_label_logs_its_confident_share_and_warns_once_after_an_epoch_witho
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         term.on_train_epoch_end(Module())  # once per fit
+    term(sure_of_nothing)  # a fit stopped mid-epoch: these 8 rows must not count in the next fit
     term.on_fit_start(Module())  # a new fit: warns again, and its counts start from zero
-    assert term.logs() == {}
+    assert term.logs() == {} and term.epoch_counts() == (0, 0)
     sure_of_five = StepOutputs(torch.randn(8, 2), torch.randn(8, 2),
                                logits={"clean": 20 * torch.eye(8, 5), "strong": torch.randn(8, 5)})
     assert float(term(sure_of_five)) > 0  # a confident epoch, then one without: the counts are per epoch
