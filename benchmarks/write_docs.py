@@ -390,25 +390,25 @@ def features_table(rows, reference="dcl", factor=100.0):
     return out
 
 
-def _curve_at(run, epoch):
-    return next(point for point in run["curve"] if point["epoch"] == epoch)
-
-
 def scan_confidence_table(rows, with_stage="cosine_scale 30", without="cosine_scale 30, no self-labelling"):
     """``scan_confidence.json``: per variant, the share of un-augmented training images above the
-    threshold at the end of the neighbour stage and of the run, the head's median largest
-    probability, the scores; then the self-labelling stage's paired effect (``with_stage`` minus
-    ``without`` on the same seeds)."""
+    threshold (eval mode) at the end of the neighbour stage and of the run, the share of the
+    training batches the term itself found confident over the self-labelling epochs, the head's
+    median largest probability and the scores; then the self-labelling stage's paired effect
+    (``with_stage`` minus ``without`` on the same seeds)."""
     score_keys = (("train", "nmi"), ("train", "balanced_acc"), ("held-out", "nmi"), ("held-out", "balanced_acc"))
-    out = ["| variant | seeds | above 0.99, end of neighbour stage | above 0.99, last epoch | median largest "
-           "probability, last epoch | NMI | bal. ACC | held-out NMI | held-out bal. ACC |",
-           "|---|---:|" + "---:|" * 7]
+    threshold = rows[0]["threshold"] if rows else 0.99
+    out = [f"| variant | seeds | above {threshold:g}, end of neighbour stage | confident in the self-labelling "
+           f"batches | above {threshold:g}, last epoch | median largest probability, last epoch | NMI | bal. ACC "
+           "| held-out NMI | held-out bal. ACC |", "|---|---:|" + "---:|" * 8]
     by = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
     for variant, runs in by.items():
-        stage_end = [_curve_at(r, r["warmup_epochs"] + (r["epochs"] - r["warmup_epochs"]) // 2 - 1) for r in runs]
-        cells = [_mean_std([p["share_above"] for p in stage_end]),
+        stage_end = [next(p for p in r["curve"] if p["epoch"] == r["self_label_start"] - 1) for r in runs]
+        in_stage = [[p for p in r["curve"] if p["epoch"] >= r["self_label_start"]] for r in runs]
+        term_share = [sum(p["term_confident"] for p in ps) / max(1, sum(p["term_rows"] for p in ps)) for ps in in_stage]
+        cells = [_mean_std([p["share_above"] for p in stage_end]), _mean_std(term_share),
                  _mean_std([r["curve"][-1]["share_above"] for r in runs]),
                  _mean_std([r["curve"][-1]["median"] for r in runs])]
         cells += [_mean_std([r[split][key] for r in runs]) for split, key in score_keys]
@@ -416,7 +416,7 @@ def scan_confidence_table(rows, with_stage="cosine_scale 30", without="cosine_sc
     if with_stage in by and without in by:
         cells = [_paired(by[with_stage], by[without], split, key) for split, key in score_keys]
         seeds = len({r["seed"] for r in by[with_stage]} & {r["seed"] for r in by[without]})
-        out.append(f"| self-labelling's effect (paired: {with_stage} minus {without}) | {seeds} | - | - | - | "
+        out.append(f"| self-labelling's effect (paired: {with_stage} minus {without}) | {seeds} | - | - | - | - | "
                    + " | ".join(cells) + " |")
     return out
 

@@ -104,21 +104,41 @@ def test_scan_confidence_records_the_head_from_the_clustering_phase_on():
 def test_scan_confidence_table_reads_the_stage_end_and_pairs_the_self_labelling():
     from benchmarks import write_docs
 
-    def row(variant, seed, nmi, shares):
-        curve = [{"epoch": 4 + i, "share_above": share, "median": 0.5 + share / 2, "p90": 0.9, "max": 1.0}
-                 for i, share in enumerate(shares)]  # epochs 4..7: neighbour stage 4-5, self-labelling 6-7
-        scores = {"nmi": nmi, "balanced_acc": nmi / 2}
-        return {"variant": variant, "seed": seed, "epochs": 8, "warmup_epochs": 4, "curve": curve,
-                "train": scores, "held-out": scores}
+    def row(variant, seed, nmi, shares, confident):
+        curve = [{"epoch": 4 + i, "share_above": share, "median": 0.5 + share / 2, "p90": 0.9, "max": 1.0,
+                  "term_confident": found, "term_rows": 100}  # epochs 4..7: neighbours 4-5, self-labels 6-7
+                 for i, (share, found) in enumerate(zip(shares, confident, strict=True))]
+        return {"variant": variant, "seed": seed, "epochs": 8, "warmup_epochs": 4, "self_label_start": 6,
+                "threshold": 0.99, "curve": curve, "train": {"nmi": nmi, "balanced_acc": nmi / 2},
+                "held-out": {"nmi": nmi - 0.1, "balanced_acc": nmi / 5}}
 
-    rows = [row("on", 0, 0.50, [0.0, 0.2, 0.3, 0.4]), row("on", 1, 0.60, [0.0, 0.4, 0.5, 0.6]),
-            row("off", 0, 0.40, [0.0, 0.2, 0.2, 0.2]), row("off", 1, 0.56, [0.0, 0.1, 0.1, 0.1])]
+    rows = [row("on", 1, 0.60, [0.0, 0.4, 0.5, 0.6], [0, 0, 30, 50]),
+            row("off", 0, 0.40, [0.0, 0.2, 0.2, 0.2], [0] * 4),
+            row("on", 0, 0.50, [0.0, 0.2, 0.3, 0.4], [0, 0, 10, 10]),
+            row("off", 1, 0.56, [0.0, 0.1, 0.1, 0.1], [0] * 4)]
     table = write_docs.scan_confidence_table(rows, with_stage="on", without="off")
+    assert "above 0.99, end of neighbour stage" in table[0]
     on, off, effect = (line.split(" | ") for line in table[2:])
-    assert on[2:5] == ["0.300 ± 0.141", "0.500 ± 0.141", "0.750 ± 0.071"]  # epoch 5: 0.2, 0.4; epoch 7: 0.4, 0.6
-    assert off[2] == "0.150 ± 0.071" and on[5] == "0.550 ± 0.071"
+    # epoch 5 (before self_label_start 6): 0.4, 0.2; the term's share over epochs 6-7: 80/200, 20/200
+    assert on[2:4] == ["0.300 ± 0.141", "0.250 ± 0.212"]
+    assert on[4:6] == ["0.500 ± 0.141", "0.750 ± 0.071"]  # epoch 7: 0.6, 0.4
+    assert off[2] == "0.150 ± 0.071" and off[3] == "0.000 ± 0.000" and on[6] == "0.550 ± 0.071"
     assert effect[0].startswith("| self-labelling's effect") and effect[1] == "2"
-    assert effect[5] == "+0.070 ± 0.042" and effect[6] == "+0.035 ± 0.021"  # NMI +0.10, +0.04; bal. ACC halves
+    # paired by seed, not by position: NMI +0.10 (seed 0), +0.04 (seed 1); held-out balanced ACC a fifth
+    assert effect[6:8] == ["+0.070 ± 0.042", "+0.035 ± 0.021"]
+    assert effect[8] == "+0.070 ± 0.042" and effect[9] == "+0.014 ± 0.008 |"
+
+
+def test_scan_confidence_variants_differ_only_by_scale_and_the_stage():
+    from benchmarks import scan_confidence
+    from dcl_cluster.objectives import ConfidentSelfLabel
+
+    modules = {name: scan_confidence.build(name, warmup=50) for name in scan_confidence.VARIANTS}
+    terms = {name: next(t for t in m.objectives if isinstance(t, ConfidentSelfLabel)) for name, m in modules.items()}
+    assert [m.hparams.cosine_scale for m in modules.values()] == [10.0, 30.0, 30.0]
+    assert [t.weight for t in terms.values()] == [1.0, 1.0, 0.0]
+    configs = [[t.config() for t in m.objectives if not isinstance(t, ConfidentSelfLabel)] for m in modules.values()]
+    assert configs[0] == configs[1] == configs[2]
 
 
 def test_budget_table_pairs_the_two_budgets_on_the_same_seeds():
