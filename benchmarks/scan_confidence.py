@@ -42,13 +42,19 @@ def build(variant: str, warmup: int):
     return DebiasedClusterModule.from_preset("scan", warmup_epochs=warmup, **DIGITS_MODEL, **VARIANTS[variant])
 
 
+def self_label_term(module):
+    """The module's ``ConfidentSelfLabel`` term."""
+    from dcl_cluster.objectives import ConfidentSelfLabel
+
+    return next(t for t in module.objectives if isinstance(t, ConfidentSelfLabel))
+
+
 def run(variant: str, seed: int, epochs: int, warmup: int) -> dict:
     import lightning.pytorch as pl
     import numpy as np
 
     from dcl_cluster import LongTailDataModule
     from dcl_cluster.metrics import clustering_scores
-    from dcl_cluster.objectives import ConfidentSelfLabel
     from dcl_cluster.report import collect
 
     curve = []
@@ -56,7 +62,7 @@ def run(variant: str, seed: int, epochs: int, warmup: int) -> dict:
     class Confidence(pl.Callback):
         # callbacks' epoch-end hooks run before the module's, which resets the term's counts
         def on_train_epoch_end(self, trainer, module):
-            term = next(t for t in module.objectives if isinstance(t, ConfidentSelfLabel))
+            term = self_label_term(module)
             confident, rows = term.epoch_counts()
             _, probs, _ = collect(module, trainer.datamodule.train_eval_dataloader())
             if probs is not None:  # no head before the clustering phase
@@ -74,7 +80,7 @@ def run(variant: str, seed: int, epochs: int, warmup: int) -> dict:
                          callbacks=[Confidence()])
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
-    term = next(t for t in module.objectives if isinstance(t, ConfidentSelfLabel))
+    term = self_label_term(module)
     row = {"variant": variant, "seed": seed, "epochs": epochs, "warmup_epochs": warmup,
            "threshold": term.threshold, "self_label_start": term.start_epoch,
            "wall_s": time.perf_counter() - start, "train_class_counts": list(dm.train_class_counts), "curve": curve}

@@ -319,6 +319,15 @@ def pretrained_table(rows, reference="scratch"):
     return out
 
 
+def _by_preset_seed(rows, factor):
+    """``{preset: {seed: row}}`` of the rows at imbalance factor ``factor``."""
+    by = {}
+    for r in rows:
+        if r["imbalance_factor"] == factor:
+            by.setdefault(r["preset"], {})[r["seed"]] = r
+    return by
+
+
 CLAIM_KEYS = (("train", "nmi", "NMI"), ("train", "balanced_acc", "bal. ACC"), ("train", "tail_acc", "tail ACC"),
               ("test", "nmi", "test NMI"), ("test", "balanced_acc", "test bal. ACC"))
 
@@ -328,10 +337,7 @@ def lead_table(rows, claimants=("dcl_cluster", "p2ot"), factor=100.0):
     scores on which its lead exceeds one standard deviation of the paired differences."""
     out = ["| claimant | minus | seeds | " + " | ".join(label for _, _, label in CLAIM_KEYS)
            + " | ahead beyond one std on |", "|---|---|---:|" + "---:|" * len(CLAIM_KEYS) + "---|"]
-    by = {}
-    for r in rows:
-        if r["imbalance_factor"] == factor:
-            by.setdefault(r["preset"], {})[r["seed"]] = r
+    by = _by_preset_seed(rows, factor)
     for claimant in claimants:
         for other in PRESETS_80:
             if other == claimant or claimant not in by or other not in by:
@@ -369,10 +375,7 @@ def features_table(rows, reference="dcl", factor=100.0):
     only and is applied as it is. A seed without the scores a column needs is left out of it."""
     labels = [f"{label} {kind}" for kind in ("head − k-means", "features − dcl's") for _, label in FEATURE_KEYS]
     out = ["| method | split | seeds | " + " | ".join(labels) + " |", "|---|---|---:|" + "---:|" * len(labels)]
-    by = {}
-    for r in rows:
-        if r["imbalance_factor"] == factor:
-            by.setdefault(r["preset"], {})[r["seed"]] = r
+    by = _by_preset_seed(rows, factor)
     for method in PRESETS_80:
         if method == reference or method not in by or reference not in by:
             continue

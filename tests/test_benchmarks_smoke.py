@@ -134,7 +134,7 @@ def test_scan_confidence_variants_differ_only_by_scale_and_the_stage():
     from dcl_cluster.objectives import ConfidentSelfLabel
 
     modules = {name: scan_confidence.build(name, warmup=50) for name in scan_confidence.VARIANTS}
-    terms = {name: next(t for t in m.objectives if isinstance(t, ConfidentSelfLabel)) for name, m in modules.items()}
+    terms = {name: scan_confidence.self_label_term(m) for name, m in modules.items()}
     assert [m.hparams.cosine_scale for m in modules.values()] == [10.0, 30.0, 30.0]
     assert [t.weight for t in terms.values()] == [1.0, 1.0, 0.0]
     configs = [[t.config() for t in m.objectives if not isinstance(t, ConfidentSelfLabel)] for m in modules.values()]

@@ -215,6 +215,10 @@ class ConfidentSelfLabel(Objective):
         self.class_balance = class_balance
         self.start = start
         self._start_epoch = 0  # set at fit start from the schedule
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the logged share, the epoch's counts and the warning (a new fit)."""
         self._last: dict[str, Tensor] = {}
         self._epoch_confident: Tensor | None = None  # summed on the device: no host sync per step
         self._epoch_rows = 0
@@ -264,13 +268,12 @@ class ConfidentSelfLabel(Objective):
         return confident, self._epoch_rows
 
     def on_fit_start(self, module: nn.Module) -> None:
-        self._last, self._epoch_confident, self._epoch_rows, self._warned = {}, None, 0, False
+        self._reset()
 
     def on_train_epoch_end(self, module: nn.Module) -> None:
-        ran = self._epoch_confident is not None
         confident, rows = self.epoch_counts()
         self._epoch_confident, self._epoch_rows = None, 0
-        if not ran or self._warned or confident > 0:
+        if rows == 0 or self._warned or confident > 0:  # rows == 0: the term did not run this epoch
             return
         self._warned = True
         rank_zero_warn(
