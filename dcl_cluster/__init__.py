@@ -16,6 +16,7 @@ _PUBLIC = {
     "EmbeddingPlots": "dcl_cluster.callbacks",
     "ClusteringMetrics": "dcl_cluster.metrics",
     "KMeans": "dcl_cluster.cluster",
+    "preset": "dcl_cluster.presets",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -134,7 +134,8 @@ class ClusterHeadSetup:
         features = self.embed_loader(loader)
         if getattr(self.cluster_head, "normalize_features", False):
             features = F.normalize(features, dim=1)
-        centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init)
+        centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init,
+                                         seed=self.hparams.get("kmeans_seed", 0))
         centers = centers.to(self.device)
         if self._trainer is not None and self.trainer.world_size > 1:  # rank 0's result everywhere
             centers = self.trainer.strategy.broadcast(centers, src=0)

@@ -78,6 +78,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         warmup_epochs: Epochs of contrastive-only training before the clustering terms;
             k-means initialised heads are initialised on training features at its end.
         kmeans_n_init: k-means restarts for that initialisation.
+        kmeans_seed: Seed of that k-means (vary it, with the trainer's seed, to repeat a run on
+            the same data with another initialisation of the head).
         optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
         lr: Peak learning rate.
         weight_decay: Weight decay.
@@ -116,6 +118,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         detach_cluster_input: bool = False,
         warmup_epochs: int = 0,
         kmeans_n_init: int = 3,
+        kmeans_seed: int = 0,
         optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 1e-6,

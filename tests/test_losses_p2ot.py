@@ -15,14 +15,15 @@ def logits_of(n, k, seed, scale=2.0, dtype=torch.float64):
     return scale * torch.randn(n, k, generator=g, dtype=dtype)
 
 
-def reference_partial_ot(logits, rho, eps=0.1, lam=1.0, max_iters=1000, tol=1e-6):
-    """The scaling iterations in plain linear float64: a = (1/N) / (G b), b = c / (G^T a), b_k^(lam/(lam+eps))."""
+def reference_partial_ot(logits, rho, eps=0.1, lam=1.0, max_iters=1000, tol=1e-6, prior=None):
+    """The scaling iterations in plain linear float64: a = (1/N) / (G b), b = c / (G^T a), b_k^(lam/(lam+eps));
+    with a prior, c_k = rho * pi_k (pi normalised)."""
     logits = np.asarray(logits, dtype=np.float64)
     n, k = logits.shape
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     g = p ** (1 / eps)  # exp(-C / eps) with C = -log P
-    c = [rho / k] * k
+    c = [rho / k] * k if prior is None else [rho * v / sum(prior) for v in prior]
     if rho < 1:  # the zero-cost virtual column, G = exp(0) = 1
         g = np.concatenate([g, np.ones((n, 1))], axis=1)
         c.append(1 - rho)
@@ -56,6 +57,26 @@ class TestPartialOTTargets:
         logits = logits_of(n, k, seed=n * k)
         expected = reference_partial_ot(logits.numpy(), rho, 0.1, lam)
         np.testing.assert_allclose(partial_ot_targets(logits, rho, lam=lam).numpy(), expected, atol=1e-6, rtol=0)
+
+    @pytest.mark.parametrize("rho", [0.3, 1.0])
+    @pytest.mark.parametrize("lam", [1.0, math.inf])
+    def test_a_size_prior_matches_the_loop_and_moves_the_sizes(self, rho, lam):
+        logits = logits_of(40, 4, seed=11, scale=0.5)
+        prior = [4.0, 2.0, 1.0, 1.0]  # normalised inside: 0.5, 0.25, 0.125, 0.125
+        got = partial_ot_targets(logits, rho, lam=lam, prior=torch.tensor(prior))
+        np.testing.assert_allclose(got.numpy(), reference_partial_ot(logits.numpy(), rho, 0.1, lam, prior=prior),
+                                   atol=1e-6, rtol=0)
+        uniform = partial_ot_targets(logits, rho, lam=lam)
+        assert got.sum(0)[0] > uniform.sum(0)[0] and got.sum(0)[3] < uniform.sum(0)[3]
+        if math.isinf(lam):  # fixed sizes: exactly rho * N * pi
+            np.testing.assert_allclose(got.sum(0).numpy(), rho * 40 * np.array(prior) / 8, rtol=1e-5)
+        np.testing.assert_allclose(partial_ot_targets(logits, rho, lam=lam, prior=torch.full((4,), 0.25)).numpy(),
+                                   uniform.numpy(), atol=1e-12)
+
+    def test_a_bad_prior_is_named(self):
+        with pytest.raises(ValueError, match=r"prior must have shape \(3,\) with finite entries > 0, got shape "
+                                             r"\(3,\) and values \[0.5, 0.0, 0.5\]"):
+            partial_ot_targets(logits_of(6, 3, seed=0), 0.5, prior=torch.tensor([0.5, 0.0, 0.5]))
 
     @pytest.mark.parametrize("iters", [1, 2, 7])
     @pytest.mark.parametrize("eps", [0.1, 0.5])
@@ -107,6 +128,27 @@ class TestPartialOTTargets:
         assert (t.sum(dim=1) <= 1 + 1e-5).all()
         t_sharper = partial_ot_targets(logits_of(256, 10, seed=1, dtype=torch.float32) * scale, rho)
         assert torch.isfinite(t_sharper).all()
+
+    @pytest.mark.parametrize("rho", [0.2, 1.0])
+    def test_linear_and_log_space_iterations_agree_and_the_fallback_is_taken(self, rho, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        logits = logits_of(200, 6, seed=12, scale=3.0)
+        linear = partial_ot_targets(logits, rho, tol=1e-10, max_iters=5000)
+        monkeypatch.setattr(pseudo_labels, "_scale_linear", lambda *a: None)  # force the log-space path
+        logspace = partial_ot_targets(logits, rho, tol=1e-10, max_iters=5000)
+        torch.testing.assert_close(linear, logspace, rtol=1e-7, atol=1e-9)
+        monkeypatch.undo()
+        # a cluster every sample rejects by e^-4000 (logits 400 apart at eps 0.1): its column of the
+        # rescaled kernel is all zeros in float64, the linear iterations fail and log space answers
+        calls = []
+        real = pseudo_labels._scale_log
+        monkeypatch.setattr(pseudo_labels, "_scale_log", lambda *a: calls.append(1) or real(*a))
+        harsh = logits_of(64, 4, seed=13)
+        harsh[:, 3] -= 400.0
+        t = partial_ot_targets(harsh, rho)
+        assert calls and torch.isfinite(t).all() and (t.sum(dim=1) <= 1 + 1e-6).all()
+        assert t.sum().item() == pytest.approx(rho * 64, rel=1e-5)
 
     def test_no_gradient_and_output_dtype(self):
         logits = logits_of(8, 3, seed=8, dtype=torch.float32).requires_grad_(True)

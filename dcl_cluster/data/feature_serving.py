@@ -56,17 +56,8 @@ class CachedFeatureServing:
             self._refresh_features = refresh  # the module asking now re-caches after a restore
             return self.feature_cache_path
         self.serve_images()  # another encoder's features, or none yet: start from the images
-        hp, data = self.hparams, self._source
-        parts = {
-            "dataset": hp.dataset, "train": images_fingerprint(data.train_images),
-            "unlabeled": images_fingerprint(data.unlabeled_images), "test": images_fingerprint(data.test_images),
-            "val": images_fingerprint(data.val_images), "subset": self.subset_hash, "val_split": hp.val_split,
-            "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-            "views": repr(self.view_preset), "seed": hp.seed, "batch_size": self.batch_size,
-            "cached_views": hp.cached_views, "weights": weights_key, "precision": precision,
-        }
-        folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else default_cache_dir()
-        path = folder / f"features-{cache_key(parts)}.pt"
+        hp = self.hparams
+        path = self.feature_cache_file(weights_key, precision)
         views, n = hp.cached_views, len(self.train_dataset)
         use_val = self.val_dataset is not self.test_dataset
         batch = hp.eval_batch_size or self.batch_size
@@ -114,6 +105,22 @@ class CachedFeatureServing:
                             else self.test_dataset)
         self._feature_key, self._refresh_features, self.feature_cache_path = (weights_key, precision), refresh, path
         return path
+
+    def feature_cache_file(self, weights_key: str, precision: str = "32-true") -> Path:
+        """The cache file :meth:`serve_cached_features` reads (or writes) for these images, this
+        subset, these transforms and this encoder (``weights_key``) in ``precision``."""
+        self._require_setup()
+        hp, data = self.hparams, self._source
+        parts = {
+            "dataset": hp.dataset, "train": images_fingerprint(data.train_images),
+            "unlabeled": images_fingerprint(data.unlabeled_images), "test": images_fingerprint(data.test_images),
+            "val": images_fingerprint(data.val_images), "subset": self.subset_hash, "val_split": hp.val_split,
+            "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+            "views": repr(self.view_preset), "seed": hp.seed, "batch_size": self.batch_size,
+            "cached_views": hp.cached_views, "weights": weights_key, "precision": precision,
+        }
+        folder = Path(hp.feature_cache_dir) if hp.feature_cache_dir else default_cache_dir()
+        return folder / f"features-{cache_key(parts)}.pt"
 
     def serve_images(self) -> None:
         """Serve images again after :meth:`serve_cached_features` (a trainable encoder, or

@@ -15,6 +15,7 @@ from dcl_cluster.losses.contrastive import (
     hard_negative_loss,
     info_nce_loss,
 )
+from dcl_cluster.losses.minicluster import mini_cluster_weights, minicluster_loss
 from dcl_cluster.losses.modules import (
     AnchorLoss,
     ClusterContrastiveLoss,
@@ -48,6 +49,8 @@ __all__ = [
     "soft_cross_entropy",
     "p2ot_loss",
     "scan_loss",
+    "mini_cluster_weights",
+    "minicluster_loss",
     "confident_self_label_loss",
     "InfoNCELoss",
     "DebiasedContrastiveLoss",

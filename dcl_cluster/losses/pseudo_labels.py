@@ -4,7 +4,8 @@ Progressive partial optimal transport (P²OT: Zhang, Ren and He, ICLR 2024, arXi
 2401.09266), METHOD.md 2.5: a transport plan from the samples to K clusters plus a
 zero-cost virtual cluster that takes the ``1 - rho`` of mass not yet trusted, with a KL
 relaxation of the cluster sizes so they may be imbalanced. Written from the paper's
-formulas; the scaling iterations run in float64 log space so sharp heads cannot overflow.
+formulas; the scaling iterations run in float64, in linear space with each row of the kernel
+rescaled, and in log space where even that under- or overflows (so sharp heads cannot).
 """
 
 from __future__ import annotations
@@ -47,6 +48,56 @@ def _log_diff_norm(log_b: Tensor, log_b_prev: Tensor) -> Tensor:
     return 0.5 * torch.logsumexp(2 * log_abs, dim=0)
 
 
+#: scaling iterations between two host-side convergence checks (the loop queues up on a GPU)
+CHECK_EVERY = 16
+
+
+def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power: float, max_iters: int,
+                  tol: float) -> Tensor | None:
+    """The scaling iterations in linear space: two mat-vecs over ``G`` per iteration. ``G`` is
+    stored with each row divided by its largest entry (absorbed into ``a``, which leaves ``b``
+    exactly as without it), so no row underflows to zero. The stopping rule is the reference's
+    (``||b - b_prev||_2 < tol``, checked every iteration on the device; ``b`` is frozen from the
+    first iteration that passes), read on the host every :data:`CHECK_EVERY` iterations.
+    Returns ``log b``, or ``None`` when a column under- or overflowed (then the log-space
+    iterations take over)."""
+    g = torch.exp(log_g - log_g.max(dim=1, keepdim=True).values)  # (N, cols), every row's maximum 1
+    gt = g.t().contiguous()
+    c, b = torch.exp(log_c), torch.exp(log_b)
+    done = torch.zeros((), dtype=torch.bool, device=b.device)
+    tol2 = tol * tol
+    for it in range(max_iters):
+        a = (1.0 / n) / (g @ b)  # (N,): a_i times its row's scale
+        new = c / (gt @ a)  # (cols,): b exactly
+        if power != 1.0:
+            new[:k] = new[:k] ** power
+        small = ((new - b) ** 2).sum() < tol2
+        b = torch.where(done, b, new)
+        done = done | small
+        if (it + 1) % CHECK_EVERY == 0 or it == max_iters - 1:
+            finished, bad = torch.stack([done, ~(torch.isfinite(b) & (b > 0)).all()]).tolist()
+            if bad:
+                return None
+            if finished:
+                break
+    return torch.log(b)
+
+
+def _scale_log(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, log_row: float, power: float, max_iters: int,
+               tol: float) -> Tensor:
+    """The same iterations in log space (a host check per iteration): for plans whose kernel
+    under- or overflows float64 even with rows rescaled."""
+    log_tol = math.log(tol) if tol > 0 else -math.inf
+    for _ in range(max_iters):
+        log_a = log_row - torch.logsumexp(log_g + log_b, dim=1)  # (N,)
+        log_b_prev = log_b
+        log_b = log_c - torch.logsumexp(log_g + log_a[:, None], dim=0)  # (cols,)
+        log_b[:k] = log_b[:k] * power
+        if float(_log_diff_norm(log_b, log_b_prev)) < log_tol:
+            break
+    return log_b
+
+
 def partial_ot_targets(
     logits: Tensor,
     rho: float,
@@ -56,6 +107,7 @@ def partial_ot_targets(
     tol: float = 1e-6,
     init_log_b: Tensor | None = None,
     return_log_b: bool = False,
+    prior: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """P²OT pseudo-labels: trust only a share ``rho`` of the samples and let cluster sizes be imbalanced.
 
@@ -63,7 +115,8 @@ def partial_ot_targets(
     (``N x (K+1)``; the last column is the virtual cluster), the plan ``Q`` minimises
     ``<Q, C> - eps H(Q) + lam KL(Q^T 1 [1..K] || rho/K)`` with rows summing to ``1/N``
     and the virtual column to ``1 - rho``. Scaling iterations on ``G = exp(-C / eps)``,
-    in float64 and log space: ``a = (1/N) / (G b)``, ``b = c / (G^T a)`` with
+    in float64 (linear space, rows rescaled; log space where a column under- or overflows):
+    ``a = (1/N) / (G b)``, ``b = c / (G^T a)`` with
     ``c = [rho/K, ..., rho/K, 1 - rho]``, then ``b_k <- b_k^(lam / (lam + eps))`` for
     the K real clusters; from ``b = 1/(K+1)`` until ``||b - b_prev||_2 < tol`` (in linear
     scale) or ``max_iters``. A last ``a`` update makes every row sum exactly ``1/N``, so
@@ -85,6 +138,9 @@ def partial_ot_targets(
             warm start); its last entry may be ``-inf``. ``None``: ``b = 1/(K+1)``.
         return_log_b: Also return the final ``log b`` (float64, shape ``(K+1,)``; last
             entry ``-inf`` when ``rho = 1``).
+        prior: Cluster-size shares ``pi`` ``(K,)`` (positive, normalised here) that the KL
+            relaxation pulls the real clusters' sizes toward: ``rho * pi`` instead of
+            ``rho / K``. ``None``: uniform, as in P²OT.
 
     Returns:
         ``T`` of shape ``(N, K)``, detached, in ``logits``' dtype (float32 for half
@@ -106,6 +162,9 @@ def partial_ot_targets(
     if logits.ndim != 2 or logits.shape[1] < 2 or logits.shape[0] < 1:
         raise ValueError(f"logits must have shape (N, K) with N >= 1 and K >= 2 clusters, got {tuple(logits.shape)}")
     n, k = logits.shape
+    if prior is not None and (prior.shape != (k,) or not bool(torch.isfinite(prior).all() & (prior > 0).all())):
+        raise ValueError(f"prior must have shape ({k},) with finite entries > 0, got shape {tuple(prior.shape)}"
+                         + (f" and values {prior.tolist()}" if prior.numel() <= 20 else ""))
     if init_log_b is not None and (
         init_log_b.shape != (k + 1,) or bool(torch.isnan(init_log_b).any() | (init_log_b[:k] == -math.inf).any()
                                              | (init_log_b == math.inf).any())
@@ -123,6 +182,9 @@ def partial_ot_targets(
         if cols == k + 1:
             log_g = torch.cat([log_g, log_g.new_zeros(n, 1)], dim=1)  # (N, K+1)
         log_c = torch.full((cols,), math.log(rho / k), dtype=work, device=logits.device)
+        if prior is not None:
+            pi = prior.detach().to(device=logits.device, dtype=work)
+            log_c[:k] = math.log(rho) + torch.log(pi / pi.sum())
         if cols == k + 1:
             log_c[k] = math.log1p(-rho)
         if init_log_b is None:
@@ -130,14 +192,8 @@ def partial_ot_targets(
         else:
             log_b = init_log_b.detach().to(device=logits.device, dtype=work)[:cols].clone()
         log_row = -math.log(n)
-        log_tol = math.log(tol) if tol > 0 else -math.inf
-        for _ in range(max_iters):
-            log_a = log_row - torch.logsumexp(log_g + log_b, dim=1)  # (N,)
-            log_b_prev = log_b
-            log_b = log_c - torch.logsumexp(log_g + log_a[:, None], dim=0)  # (cols,)
-            log_b[:k] = log_b[:k] * power
-            if float(_log_diff_norm(log_b, log_b_prev)) < log_tol:
-                break
+        scaled = _scale_linear(log_g, log_c, log_b, k, n, power, max_iters, tol)
+        log_b = scaled if scaled is not None else _scale_log(log_g, log_c, log_b, k, log_row, power, max_iters, tol)
         log_a = log_row - torch.logsumexp(log_g + log_b, dim=1)
         targets = (n * torch.exp(log_a[:, None] + log_g[:, :k] + log_b[:k])).to(out_dtype)  # (N, K)
         if not return_log_b:

@@ -99,6 +99,7 @@ def confident_self_label_loss(
     strong_logits: Tensor,
     threshold: float = 0.99,
     class_balance: bool = True,
+    class_weight: Tensor | None = None,
 ) -> Tensor:
     """SCAN's self-labelling: confident weak-view predictions become labels for the strong view.
 
@@ -115,6 +116,8 @@ def confident_self_label_loss(
         strong_logits: Logits of the strongly augmented images, shape ``(B, K)``.
         threshold: Confidence threshold in ``(0, 1)`` (0.99 in SCAN).
         class_balance: Weight classes by their inverse share among the confident rows.
+        class_weight: Given weights per class ``(K,)`` instead (MiniClustering's, METHOD.md
+            2.7); ``class_balance`` is then unused.
 
     Returns:
         The scalar loss (float32 for half-precision inputs).
@@ -134,7 +137,11 @@ def confident_self_label_loss(
     with torch.no_grad():
         confidence, target = torch.softmax(_as_float(weak_logits.detach()), dim=1).max(dim=1)  # (B,), (B,)
         mask = (confidence > threshold).to(strong.dtype)  # (B,)
-        if class_balance:
+        if class_weight is not None:
+            if class_weight.shape != (num_clusters,):
+                raise ValueError(f"class_weight must have shape ({num_clusters},), got {tuple(class_weight.shape)}")
+            row_weight = mask * class_weight.detach().to(strong)[target]
+        elif class_balance:
             counts = torch.zeros(num_clusters, dtype=strong.dtype, device=strong.device)
             counts.index_add_(0, target, mask)  # confident rows per class
             weight = mask.sum() / counts.clamp_min(1)  # 1 / share; absent classes are never used

@@ -14,6 +14,7 @@ term over a pure function of :mod:`dcl_cluster.losses`. A preset is a list of te
 from dcl_cluster.objectives.base import Needs, Objective, apply_term_settings, build_objectives
 from dcl_cluster.objectives.clustering import AnchorConsistency, ClusterContrastive, DECClustering
 from dcl_cluster.objectives.contrastive import DebiasedContrastive, HardNegativeContrastive, InfoNCE
+from dcl_cluster.objectives.minicluster import MiniClusterSelfLabel
 from dcl_cluster.objectives.pseudo_labels import P2OTPseudoLabels
 from dcl_cluster.objectives.scan import ConfidentSelfLabel, SCANConsistency
 from dcl_cluster.objectives.schedule import WarmupOnly
@@ -35,4 +36,5 @@ __all__ = [
     "WarmupOnly",
     "SCANConsistency",
     "ConfidentSelfLabel",
+    "MiniClusterSelfLabel",
 ]

@@ -1,0 +1,118 @@
+"""MiniClustering's re-weighted self-labelling as a term (METHOD.md 2.7), over
+:func:`~dcl_cluster.losses.minicluster.minicluster_loss`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcl_cluster.cluster.centroids import kmeans_centroids
+from dcl_cluster.distributed import gather_with_grad, world_size
+from dcl_cluster.losses.minicluster import minicluster_loss
+from dcl_cluster.nn.heads import CosineHead
+from dcl_cluster.objectives.base import Needs, Objective
+from dcl_cluster.objectives.step import StepOutputs
+
+__all__ = ["MiniClusterSelfLabel"]
+
+
+class MiniClusterSelfLabel(Objective):
+    """Self-labelling of the module's cosine head, each cluster weighted by how few
+    mini-clusters it spans (MiniClustering: Li et al., ICLR 2026).
+
+    The term owns a second cosine head of ``mini_clusters`` prototypes (``M``; default
+    ``4 K``, MiniClustering's 40 for K = 10), initialised, like the module's head, at the
+    k-means centres of the training features (k-means with ``M``). Both heads are sharp from
+    the start when the module's ``cosine_scale`` is high (MiniClustering starts its linear heads
+    at 100x the normalised centres: ``cosine_scale=100``, as the ``miniclustering`` preset
+    sets). Each step runs both directions between the two augmented views: the targets come
+    from one view (no gradient), the loss and the class weights from the other.
+
+    Args:
+        weight: Weight in the sum.
+        mini_clusters: ``M``; ``None``: ``4 K``.
+        threshold: Confidence of a target (0.99).
+        delta: Share above which a mini-cluster counts as part of a cluster (0.3).
+        alpha: Weight of the mini head's class-balanced self-labelling (1).
+        beta: Weight of the MSE between the heads' assignment similarities (0.2).
+        mini_scale: Logit scale of the mini head (100).
+    """
+
+    name = "minicluster"
+
+    def __init__(self, weight: float = 1.0, mini_clusters: int | None = None, threshold: float = 0.99,
+                 delta: float = 0.3, alpha: float = 1.0, beta: float = 0.2, mini_scale: float = 100.0) -> None:
+        super().__init__(weight)
+        self.mini_clusters = mini_clusters
+        self.threshold = threshold
+        self.delta = delta
+        self.alpha = alpha
+        self.beta = beta
+        self.mini_scale = mini_scale
+        self.mini_head: CosineHead | None = None
+        self._k: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.mini_clusters is not None and (isinstance(self.mini_clusters, bool)
+                                               or not isinstance(self.mini_clusters, int) or self.mini_clusters < 2):
+            raise ValueError(f"mini_clusters must be an integer >= 2 (or None for 4 K), got {self.mini_clusters!r}")
+        if not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.delta, (int, float)) or not 0 <= self.delta < 1:
+            raise ValueError(f"delta must be in [0, 1), got {self.delta!r}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.mini_scale, (int, float)) or not self.mini_scale > 0:
+            raise ValueError(f"mini_scale must be a number > 0, got {self.mini_scale!r}")
+
+    def needs(self) -> Needs:
+        return Needs(head=("cosine",), clustering=True, num_clusters=True)
+
+    def build(self, num_clusters: int | None) -> None:
+        self._k = num_clusters
+
+    def _make_head(self, dim: int, device: torch.device | str = "cpu") -> None:
+        m = self.mini_clusters or 4 * int(self._k)
+        self.mini_head = CosineHead(dim, m, scale=self.mini_scale).to(device)
+
+    def on_setup(self, module: nn.Module) -> None:
+        # before configure_optimizers: the mini head's prototypes train with everything else
+        if self.mini_head is None:
+            self._make_head(module.cluster_head.centroids.shape[1], module.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # a checkpoint's head: rebuild it
+        saved = state_dict.get(prefix + "mini_head.centroids")
+        if saved is not None and (self.mini_head is None or self.mini_head.centroids.shape != saved.shape):
+            self.mini_clusters = int(saved.shape[0])
+            self._make_head(int(saved.shape[1]), saved.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def on_train_epoch_start(self, module: nn.Module) -> None:
+        head = self.mini_head
+        if head is None or head.ready or not module.clustering_active:
+            return
+        features = module.embed_loader(module.training_images_loader("MiniClusterSelfLabel's mini head starts"))
+        centers, _ = kmeans_centroids(F.normalize(features, dim=1), head.num_clusters, module.hparams.kmeans_n_init,
+                                      seed=module.hparams.get("kmeans_seed", 0))
+        centers = centers.to(module.device)
+        if module.trainer.world_size > 1:  # rank 0's prototypes everywhere
+            centers = module.trainer.strategy.broadcast(centers, src=0)
+        head.init_centroids(centers)
+
+    def forward(self, step: StepOutputs) -> Tensor:
+        if self.mini_head is None or not self.mini_head.ready:
+            raise ValueError("MiniClusterSelfLabel's mini head is not initialised: train it inside "
+                             "DebiasedClusterModule (its on_setup and on_train_epoch_start build and place it)")
+        mini_a, mini_b = self.mini_head(step.h_a), self.mini_head(step.h_b)  # this process's rows
+        if world_size() > 1:  # the module's logits span the global batch: so must the mini head's
+            mini_a, mini_b = gather_with_grad(mini_a), gather_with_grad(mini_b)
+        la, lb = step.logits["a"], step.logits["b"]
+        args = (self.threshold, self.delta, self.alpha, self.beta)
+        return 0.5 * (minicluster_loss(la.detach(), lb, mini_a.detach(), mini_b, *args)
+                      + minicluster_loss(lb.detach(), la, mini_b.detach(), mini_a, *args))
+
