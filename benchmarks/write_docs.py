@@ -424,6 +424,150 @@ def scan_confidence_table(rows, with_stage="cosine_scale 30", without="cosine_sc
     return out
 
 
+#: the frozen-feature lab (benchmarks/frozen_lab.py): its encoder, its methods in table order
+#: (others follow in the order first seen) and the method whose goal ``frozen-goal`` states
+FROZEN_ENCODER = "efficientnet_lite0"
+FROZEN_METHODS = ("kmeans", "gmm", "overcluster", "dec", "dcl_cluster", "p2ot", "scan", "miniclustering")
+FROZEN_GOAL_METHOD = "p2ot_plan"
+FROZEN_FACTORS = (10.0, 50.0, 100.0)
+
+
+def _frozen_runs(rows, factor):
+    """``{method: {seed: row}}`` of the lab's rows at imbalance factor ``factor`` (its encoder
+    only), methods in FROZEN_METHODS order, then the others as first seen."""
+    by = {}
+    for r in rows:
+        if r.get("encoder", FROZEN_ENCODER) == FROZEN_ENCODER and float(r["imbalance_factor"]) == float(factor):
+            by.setdefault(r["method"], {})[r["seed"]] = r
+    rank = {name: i for i, name in enumerate(FROZEN_METHODS)}
+    return dict(sorted(by.items(), key=lambda kv: rank.get(kv[0], len(rank))))  # stable: unknown ones as seen
+
+
+def _empty_clusters(scores):
+    """Empty clusters of one split's scores (counted from the sizes when the row lacks the field)."""
+    if scores.get("empty_clusters") is not None:
+        return scores["empty_clusters"]
+    sizes = scores.get("cluster_sizes")
+    return None if sizes is None else sum(s == 0 for s in sizes)
+
+
+def _ratio_cell(runs, split):
+    """Largest / smallest cluster, mean ± std over seeds; a ``None`` ratio (an empty cluster)
+    is left out of the mean and counted: ``"10.0 ± 2.8 over 2, empty in 1 of 3 seeds (2 clusters)"``."""
+    ratios = [r[split].get("largest_smallest") for r in runs]
+    kept = [v for v in ratios if v is not None]
+    empty = [r for r, v in zip(runs, ratios, strict=True) if v is None]
+    if not empty:
+        return _mean_std(kept, digits=1)
+    counts = [_empty_clusters(r[split]) for r in empty]
+    clusters = f" ({sum(counts)} clusters)" if None not in counts else ""
+    part = f"{_mean_std(kept, digits=1)} over {len(kept)}, " if kept else ""
+    return f"{part}empty in {len(empty)} of {len(runs)} seeds{clusters}"
+
+
+def frozen_lab_table(rows, factor, split):
+    """The frozen-feature lab at one imbalance factor: each method's scores on ``split``, mean ±
+    std over seeds, its clusters' largest / smallest size and size-KL, and its mean wall time."""
+    keys = ("nmi", "balanced_acc", "macro_f1", "head_acc", "medium_acc", "tail_acc")
+    out = ["| method | seeds | NMI | bal. ACC | macro F1 | head ACC | medium ACC | tail ACC | largest / smallest "
+           "| size-KL | wall (s) |", "|---|---:|" + "---:|" * 9]
+    for method, by_seed in _frozen_runs(rows, factor).items():
+        runs = [by_seed[s] for s in sorted(by_seed)]
+        cells = [_mean_std([r[split].get(k) for r in runs]) for k in keys]
+        cells += [_ratio_cell(runs, split), _mean_std([r[split].get("size_kl") for r in runs])]
+        walls = [r["wall_s"] for r in runs if r.get("wall_s") is not None]
+        cells.append(_f(_mean(walls), 1) if walls else "-")
+        out.append(f"| `{method}` | {len(runs)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _frozen_diffs(runs, reference, split, key):
+    """``run - reference`` on each seed both have a value of ``key`` for (``_seed_diffs``
+    without the ``None`` ones: size-KL is ``None`` where the sizes could not be compared)."""
+    return _seed_diffs([r for r in runs if r[split].get(key) is not None],
+                       [r for r in reference if r[split].get(key) is not None], split, key)
+
+
+def _beyond_one_std(diffs):
+    """Ahead by more than one (sample) standard deviation of the paired differences."""
+    return len(diffs) > 1 and _mean(diffs) > 0 and _mean(diffs) > statistics.stdev(diffs)
+
+
+FROZEN_PAIRED_KEYS = (("nmi", "NMI"), ("balanced_acc", "bal. ACC"), ("tail_acc", "tail ACC"), ("size_kl", "size-KL"))
+FROZEN_AHEAD_KEYS = (("balanced_acc", "bal. ACC"), ("tail_acc", "tail ACC"))
+
+
+def frozen_lab_paired(rows, factor, split="train", reference="kmeans"):
+    """Each method of the lab minus ``reference`` on the same seeds (mean ± std of the paired
+    differences), and the accuracies it improves by more than one std of them."""
+    out = [f"| method − `{reference}` | seeds | " + " | ".join(label for _, label in FROZEN_PAIRED_KEYS)
+           + " | beyond one std |", "|---|---:|" + "---:|" * len(FROZEN_PAIRED_KEYS) + "---|"]
+    by = _frozen_runs(rows, factor)
+    ref = by.get(reference, {})
+    for method, by_seed in by.items():
+        seeds = sorted(set(by_seed) & set(ref))
+        if method == reference or not seeds:
+            continue
+        runs, base = [by_seed[s] for s in seeds], [ref[s] for s in seeds]
+        cells = [_mean_std(_frozen_diffs(runs, base, split, key), sign="+") for key, _ in FROZEN_PAIRED_KEYS]
+        ahead = [label for key, label in FROZEN_AHEAD_KEYS if _beyond_one_std(_frozen_diffs(runs, base, split, key))]
+        verdict = (", ".join(ahead) or "none") if len(seeds) > 1 else "(one seed)"
+        out.append(f"| `{method}` | {len(seeds)} | " + " | ".join(cells) + f" | {verdict} |")
+    return out
+
+
+def frozen_lab_goal(rows, method, factor=100.0, reference="kmeans"):
+    """Whether ``method`` meets the issue's goal at ``factor`` on the training set: ahead of
+    ``reference`` on balanced and tail ACC by more than one std of the paired differences, a
+    mean largest / smallest cluster of at least 10 (an empty cluster fails) and a lower mean
+    size-KL than ``reference``'s on the same seeds; each condition with its numbers."""
+    by = _frozen_runs(rows, factor)
+    own, ref = by.get(method, {}), by.get(reference, {})
+    seeds = sorted(set(own) & set(ref))
+    runs, base = [own[s] for s in seeds], [ref[s] for s in seeds]
+    checks = []
+    for key, label in FROZEN_AHEAD_KEYS:
+        diffs = _frozen_diffs(runs, base, "train", key)
+        checks.append((f"{label} ahead of `{reference}` beyond one std of the paired differences: "
+                       f"{_mean_std(diffs, sign='+')}", _beyond_one_std(diffs)))
+    all_runs = [own[s] for s in sorted(own)]
+    ratios = [r["train"].get("largest_smallest") for r in all_runs]
+    ratio_ok = bool(ratios) and None not in ratios and _mean(ratios) >= 10
+    checks.append((f"mean largest / smallest cluster ≥ 10 (an empty cluster fails), over its {len(all_runs)} "
+                   f"seeds: {_ratio_cell(all_runs, 'train') if all_runs else '-'}", ratio_ok))
+    kl_seeds = [s for s in seeds if own[s]["train"].get("size_kl") is not None
+                and ref[s]["train"].get("size_kl") is not None]
+    kl_own = [own[s]["train"]["size_kl"] for s in kl_seeds]
+    kl_ref = [ref[s]["train"]["size_kl"] for s in kl_seeds]
+    kl_ok = bool(kl_seeds) and _mean(kl_own) < _mean(kl_ref)
+    kl_text = f"{_mean(kl_own):.3f} vs {_mean(kl_ref):.3f}" if kl_seeds else "-"
+    checks.append((f"mean size-KL below `{reference}`'s on the same seeds: {kl_text}", kl_ok))
+    met = all(ok for _, ok in checks)
+    return ([f"`{method}` at IF {factor:g}, training set, against `{reference}` on {len(seeds)} shared seeds:", ""]
+            + [f"- {text}: {'yes' if ok else 'no'}" for text, ok in checks]
+            + ["", f"**Goal {'met' if met else 'not met'}** ({sum(ok for _, ok in checks)} of {len(checks)} "
+                   "conditions)."])
+
+
+def _replace_if_marked(text, name, lines):
+    """``replace_block`` where the page has the block's markers; the page unchanged where not."""
+    return replace_block(text, name, lines) if f"<!-- {name}:start -->" in text else text
+
+
+def frozen_section(text, rows):
+    """The frozen-feature lab's blocks (``frozen-if{IF}-train/test/paired`` per imbalance factor
+    present, and ``frozen-goal``), each only where the page has its markers."""
+    present = {float(r["imbalance_factor"]) for r in rows if r.get("encoder", FROZEN_ENCODER) == FROZEN_ENCODER}
+    for factor in FROZEN_FACTORS:
+        if factor not in present:
+            continue
+        name = f"frozen-if{int(factor)}"
+        text = _replace_if_marked(text, f"{name}-train", frozen_lab_table(rows, factor, "train"))
+        text = _replace_if_marked(text, f"{name}-test", frozen_lab_table(rows, factor, "test"))
+        text = _replace_if_marked(text, f"{name}-paired", frozen_lab_paired(rows, factor))
+    return _replace_if_marked(text, "frozen-goal", frozen_lab_goal(rows, FROZEN_GOAL_METHOD))
+
+
 def budget_section(text, short, long):
     """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
     against ``dcl`` and the plots, from the queue's rows."""
@@ -489,6 +633,9 @@ def main() -> None:
     scan_path = HERE / "results" / "scan_confidence.json"
     if scan_path.exists():
         text = replace_block(text, "scan-confidence", scan_confidence_table(json.loads(scan_path.read_text())))
+    frozen_path = HERE / "results" / "frozen_lab.json"
+    if frozen_path.exists():
+        text = frozen_section(text, json.loads(frozen_path.read_text()))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
     pretrained_path = HERE / "results" / "scratch_vs_pretrained.json"
