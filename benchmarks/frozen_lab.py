@@ -180,16 +180,20 @@ def l2(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
-def kmeans_method(data: LabData, seed: int, over: int = 1):
-    """k-means on the L2-normalised features (``over`` x K clusters merged back to K by Ward
-    linkage on the size-weighted centroids when ``over > 1``); test rows go to the nearest centroid."""
+def kmeans_method(data: LabData, seed: int, over: int = 1, linkage: str = "ward"):
+    """k-means on the L2-normalised features; with ``over > 1``, ``over x K`` clusters merged
+    back to K: ``"ward"`` by Ward's criterion on the size-weighted centroids, ``"average"`` by
+    average linkage on the centroids' cosine distances (sizes play no part, so a large class's
+    many k-means clusters can merge back whole). Test rows go to the nearest centroid."""
     from dcl_cluster.cluster import KMeans
 
     x, t = l2(data.train), l2(data.test)
     km = KMeans(data.k * over, n_init=10, seed=seed).fit(x)
     train, test = np.asarray(km.labels_), np.asarray(km.predict(t))
     if over > 1:
-        merge = ward_merge(np.asarray(km.cluster_centers_), np.bincount(train, minlength=data.k * over), data.k)
+        centers = np.asarray(km.cluster_centers_)
+        merge = (ward_merge(centers, np.bincount(train, minlength=data.k * over), data.k) if linkage == "ward"
+                 else average_merge(centers, data.k))
         train, test = merge[train], merge[test]
     return train, test
 
@@ -217,6 +221,14 @@ def ward_merge(centers: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
     for new, (members, _, _) in enumerate(groups.values()):
         out[members] = new
     return out
+
+
+def average_merge(centers: np.ndarray, k: int) -> np.ndarray:
+    """Cluster id in ``[0, k)`` of each centre: average linkage on cosine distances (scipy)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    tree = linkage(centers / np.linalg.norm(centers, axis=1, keepdims=True), method="average", metric="cosine")
+    return fcluster(tree, k, criterion="maxclust").astype(np.int64) - 1
 
 
 def gmm_method(data: LabData, seed: int, components: int = 32):
@@ -283,6 +295,7 @@ def methods() -> dict:
         "miniclustering": module_method(lambda: [MiniClusterSelfLabel()], cosine_scale=100.0),
         # the tail-keeping candidates (issue 23, part 3)
         "p2ot_plan": module_method(lambda: [P2OTPseudoLabels(sizes="plan")]),
+        "overcluster_avg": lambda data, seed: kmeans_method(data, seed, over=5, linkage="average"),
     }
 
 
@@ -340,7 +353,54 @@ def run(names, seeds, factors, path: Path = RESULTS, data_dir: str | None = None
     return rows
 
 
-CLASSICAL = ("kmeans", "gmm", "overcluster")
+CLASSICAL = ("kmeans", "gmm", "overcluster", "overcluster_avg")
+
+
+TAIL_RESULTS = HERE / "results" / "frozen_lab_tail.json"
+
+
+def knn_same_class(x: torch.Tensor, y: np.ndarray, k: int = 10, chunk: int = 2048) -> np.ndarray:
+    """Per row, the share of its ``k`` nearest neighbours (cosine, itself left out) with its class."""
+    out = np.empty(len(y))
+    labels = torch.as_tensor(y)
+    for start in range(0, len(y), chunk):
+        sims = x[start:start + chunk] @ x.t()
+        sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0
+        nn = sims.topk(k, dim=1).indices
+        out[start:start + chunk] = (labels[nn] == labels[start:start + chunk, None]).float().mean(1).numpy()
+    return out
+
+
+def tail_structure(factors=IMBALANCE_FACTORS, path: Path = TAIL_RESULTS, data_dir: str | None = None) -> list[dict]:
+    """Is each class a cluster in the frozen features? Per class at each imbalance factor: the
+    share of its 10 nearest neighbours that share its class, and the share of its images that
+    over-clustering (k-means with 5 K, 10 K and 20 K clusters, seed 0) puts in clusters where
+    it is the majority. A class with no such cluster cannot be found by any head that works from
+    the features' own structure."""
+    from dcl_cluster.cluster import KMeans
+    from dcl_cluster.data.feature_cache import weights_fingerprint
+
+    key = weights_fingerprint(encoder())
+    rows = []
+    for factor in factors:
+        data = LabData(float(factor), key, data_dir)
+        x, y = l2(data.train), data.y_train
+        share = knn_same_class(x, y)
+        row = {"encoder": ENCODER, "imbalance_factor": float(factor), "class_counts": data.train_counts,
+               "knn10_same_class": [float(share[y == c].mean()) for c in range(data.k)]}
+        for over in (5, 10, 20):
+            m = over * data.k
+            labels = np.asarray(KMeans(m, n_init=3, seed=0).fit(x).labels_)
+            table = np.zeros((m, data.k), dtype=np.int64)
+            np.add.at(table, (labels, y), 1)
+            majority = table.argmax(1)
+            row[f"own_majority_share_{m}"] = [float(table[majority == c, c].sum() / data.train_counts[c])
+                                              for c in range(data.k)]
+            row[f"own_majority_clusters_{m}"] = [int((majority == c).sum()) for c in range(data.k)]
+        rows.append(row)
+        print({k: v for k, v in row.items() if "knn" in k or "share_50" in k or k == "imbalance_factor"}, flush=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -389,6 +449,7 @@ def main(argv=None) -> None:
     runs.add_argument("--ifs", type=float, nargs="+", default=list(IMBALANCE_FACTORS))
     runs.add_argument("--out", type=Path, default=RESULTS)
     sub.add_parser("resolution", help="128 vs 160 px and the normalisation, k-means on the test set")
+    sub.add_parser("tail", help="is each class a cluster? kNN and over-clustering per class")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.command == "features":
@@ -397,6 +458,8 @@ def main(argv=None) -> None:
         run(args.methods or list(methods()), range(args.seeds), args.ifs, args.out)
     elif args.command == "resolution":
         resolution()
+    elif args.command == "tail":
+        tail_structure()
 
 
 if __name__ == "__main__":
