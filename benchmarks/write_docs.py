@@ -568,6 +568,36 @@ def frozen_section(text, rows):
     return _replace_if_marked(text, "frozen-goal", frozen_lab_goal(rows, FROZEN_GOAL_METHOD))
 
 
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def frozen_resolution_table(rows):
+    """Lite0's input size and normalisation: k-means on the balanced test set's features
+    (mean ± std over seeds) and the encoding rate."""
+    out = ["| image size | normalisation | images / s (bf16, 2 cores) | NMI | ACC | bal. ACC |",
+           "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" for k in ("nmi", "acc", "balanced_acc")]
+        cells = [str(r["image_size"]), r["normalization"], f"{r['images_per_s']:.0f}", *cells]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def frozen_tail_table(rows):
+    """Is each class a cluster of the frozen features? Per class and imbalance factor: its images,
+    the share of its 10 nearest neighbours in its class, and the share of its images in
+    over-clusters (10 K) where it is the majority."""
+    factors = [r["imbalance_factor"] for r in rows]
+    head = " | ".join(f"IF {f:g}: images / 10-NN same class / in own-majority clusters (of {10 * 10})"
+                      for f in factors)
+    out = [f"| class | {head} |", "|---|" + "---:|" * len(rows)]
+    for c, name in enumerate(CIFAR10_NAMES[: len(rows[0]["class_counts"])]):
+        cells = [f"{r['class_counts'][c]} / {r['knn10_same_class'][c]:.2f} / {r['own_majority_share_100'][c]:.2f}"
+                 f" ({r['own_majority_clusters_100'][c]})" for r in rows]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 def budget_section(text, short, long):
     """The 80-epoch section: its tables, the change from 8 epochs, the paired differences
     against ``dcl`` and the plots, from the queue's rows."""
@@ -636,6 +666,10 @@ def main() -> None:
     frozen_path = HERE / "results" / "frozen_lab.json"
     if frozen_path.exists():
         text = frozen_section(text, json.loads(frozen_path.read_text()))
+    for name, table in (("frozen_lab_resolution", frozen_resolution_table), ("frozen_lab_tail", frozen_tail_table)):
+        path = HERE / "results" / f"{name}.json"
+        if path.exists():
+            text = _replace_if_marked(text, name.replace("_", "-"), table(json.loads(path.read_text())))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
     pretrained_path = HERE / "results" / "scratch_vs_pretrained.json"

@@ -128,3 +128,16 @@ def test_section_fills_only_the_marked_blocks():
     out = write_docs.frozen_section(page, rows)
     assert "old" not in out and "| `p2ot_plan` | 3 | 0.440 ± 0.030" in out and "**Goal not met**" in out
     assert write_docs.frozen_section("no markers\n", rows) == "no markers\n"
+
+
+def test_resolution_and_tail_tables():
+    from benchmarks.write_docs import frozen_resolution_table, frozen_tail_table
+
+    res = frozen_resolution_table([{"image_size": 160, "normalization": "lite", "images_per_s": 95.4,
+                                    "nmi_mean": 0.41, "nmi_std": 0.012, "acc_mean": 0.5, "acc_std": 0.02,
+                                    "balanced_acc_mean": 0.49, "balanced_acc_std": 0.021}])
+    assert res[2] == "| 160 | lite | 95 | 0.410 ± 0.012 | 0.500 ± 0.020 | 0.490 ± 0.021 |"
+    row = {"imbalance_factor": 100.0, "class_counts": [5000, 50], "knn10_same_class": [0.881, 0.12],
+           "own_majority_share_100": [0.9, 0.0], "own_majority_clusters_100": [40, 0]}
+    tail = frozen_tail_table([row])
+    assert tail[2] == "| airplane | 5000 / 0.88 / 0.90 (40) |" and tail[3] == "| automobile | 50 / 0.12 / 0.00 (0) |"
