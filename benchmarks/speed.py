@@ -6,6 +6,9 @@ Sections (all on the CPU with ``torch.set_num_threads(2)``; medians of interleav
   metrics     ClusteringMetrics (one contingency table) vs scikit-learn NMI + ARI, 1M labels, 1000 classes
   throughput  DebiasedClusterModule (dcl_cluster preset, clustering on) in a Trainer vs a plain
               PyTorch SimCLR loop, same backbone and batch; with channels-last and bf16 autocast
+  transport   partial_ot_targets vs P²OT's scaling loop as its paper describes it (linear float64,
+              a host check every iteration), one thread, cold solves; plans compared; and the
+              memory-bound floor: two passes over the N x (K+1) kernel per iteration
 
     python -m benchmarks.speed                      # everything, writes benchmarks/results/speed.json
     python -m benchmarks.speed --sections kmeans    # one section
@@ -180,6 +183,74 @@ def bench_throughput(configs, steps, combos=None) -> list[dict]:
     return rows
 
 
+def p2ot_paper_loop(logits: torch.Tensor, rho: float, eps: float = 0.1, lam: float = 1.0, max_iters: int = 1000,
+                    tol: float = 1e-6) -> tuple[torch.Tensor, int]:
+    """P²OT's semi-relaxed scaling iterations as the paper describes them (METHOD.md 2.5): the
+    kernel ``G = exp(-C / eps)`` formed once in float64, then ``a = (1/N) / (G b)``,
+    ``b = c / (G^T a)``, ``b_k <- b_k^(lam / (lam + eps))``, until ``||b - b_prev|| < tol`` (read
+    on the host every iteration). Returns the pseudo-labels ``N Q[:, :K]`` and the iterations."""
+    n, k = logits.shape
+    cost = torch.cat([-torch.log_softmax(logits.double(), dim=1), torch.zeros(n, 1, dtype=torch.float64)], dim=1)
+    g = torch.exp(-cost / eps)
+    pa = torch.full((n, 1), 1.0 / n, dtype=torch.float64)
+    pb = torch.full((k + 1, 1), rho / k, dtype=torch.float64)
+    pb[-1] = 1 - rho
+    b = torch.full((k + 1, 1), 1.0 / (k + 1), dtype=torch.float64)
+    power, it, err = lam / (lam + eps), 0, 1.0
+    while err > tol and it < max_iters:
+        last = b
+        a = pa / (g @ b)
+        b = pb / (g.t() @ a)
+        b[:-1] = b[:-1] ** power
+        err = float(torch.linalg.vector_norm(b - last))
+        it += 1
+    return (n * a * g * b.t())[:, :k], it
+
+
+def _transport_contenders(logits: torch.Tensor, rho: float, iters: int) -> dict:
+    from dcl_cluster.losses import partial_ot_targets
+
+    n, k = logits.shape
+    kernel = torch.rand(n, k + 1, dtype=torch.float64)
+    kernel_t = kernel.t().contiguous()
+    vec_a, vec_b = torch.rand(n, dtype=torch.float64), torch.rand(k + 1, dtype=torch.float64)
+
+    def floor():  # what the paper's iterations cannot go below: two mat-vecs over the kernel each
+        for _ in range(iters):
+            kernel @ vec_b
+            kernel_t @ vec_a
+
+    return {"ours": lambda: partial_ot_targets(logits, rho), "paper": lambda: p2ot_paper_loop(logits, rho),
+            "floor": floor}
+
+
+def bench_transport(cases, repeats) -> list[dict]:
+    """Cold solves of ``partial_ot_targets`` against :func:`p2ot_paper_loop` on the same logits
+    (a cosine head's: normalised rows x 10), one thread; and the floor: the iterations the
+    paper's loop needed times two float64 mat-vecs over the kernel, timed alone."""
+    from dcl_cluster.losses import partial_ot_targets
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for n, k, rho in cases:
+            g = torch.Generator().manual_seed(n + k)
+            logits = torch.nn.functional.normalize(torch.randn(n, k, generator=g), dim=1) * 10
+            ours = partial_ot_targets(logits, rho)
+            theirs, iters = p2ot_paper_loop(logits, rho)
+            times = interleaved_medians(_transport_contenders(logits, rho, iters), repeats)
+            row = {"N": n, "K": k, "rho": rho, "iterations": iters, "ours_s": times["ours"],
+                   "paper_s": times["paper"], "floor_s": times["floor"],
+                   "speedup": times["paper"] / times["ours"], "ours_over_floor": times["ours"] / times["floor"],
+                   "max_plan_diff": float((ours.double() - theirs).abs().max())}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=["loss", "kmeans", "metrics", "throughput"])
@@ -203,6 +274,10 @@ def main(argv=None) -> dict:
                        else [("SmallCNN(width=32)", 256, 32), ("ResNet-18 (CIFAR stem)", 64, 32)])
             results["throughput"] = bench_throughput(configs, 3 if smoke else 6,
                                                      [(False, False)] if smoke else None)
+        elif section == "transport":
+            cases = ([(256, 10, 0.5)] if smoke
+                     else [(n, k, rho) for n, k in ((3072, 10), (3072, 100), (20_000, 100)) for rho in (0.1, 0.5)])
+            results["transport"] = bench_transport(cases, 1 if smoke else 5)
         else:
             raise SystemExit(f"unknown section {section!r}")
     if not smoke:
