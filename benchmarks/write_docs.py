@@ -65,6 +65,17 @@ def throughput_table(rows):
     return out
 
 
+def transport_table(rows):
+    """P²OT's plan: ``partial_ot_targets`` against the paper's loop and the two-mat-vec floor."""
+    out = ["| N x K | rho | iterations (paper's loop) | ours (ms) | paper's loop (ms) | speed-up | floor (ms) "
+           "| ours / floor | largest plan difference |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['N']:,} x {r['K']} | {r['rho']} | {r['iterations']} | {_f(1000 * r['ours_s'], 1)} | "
+                   f"{_f(1000 * r['paper_s'], 1)} | {_f(r['speedup'], 2)} | {_f(1000 * r['floor_s'], 1)} | "
+                   f"{_f(r['ours_over_floor'], 2)} | {r['max_plan_diff']:.1e} |")
+    return out
+
+
 def _mean_std(values, sign="", digits=3):
     """``mean ± sample std`` to 3 decimals (``sign="+"`` for differences), ``-`` when empty."""
     values = [v for v in values if v is not None and not math.isnan(v)]
@@ -628,9 +639,9 @@ def main() -> None:
     if speed_path.exists():
         speed = json.loads(speed_path.read_text())
         for name, fn in (("loss", loss_table), ("kmeans", kmeans_table), ("metrics", metrics_table),
-                         ("throughput", throughput_table)):
+                         ("throughput", throughput_table), ("transport", transport_table)):
             if name in speed:
-                text = replace_block(text, name, fn(speed[name]))
+                text = _replace_if_marked(text, name, fn(speed[name]))
     ablations_path = HERE / "results" / "ablations.json"
     ablations = json.loads(ablations_path.read_text()) if ablations_path.exists() else []
     if ablations:
