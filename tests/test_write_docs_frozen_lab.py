@@ -16,12 +16,12 @@ VALUES = {
                           (.20, .26, .32), (20.0, 22.0, 24.0), (.50, .60, .70), (0, 0, 0)),
     ("kmeans", "test"): ((.30, .31, .32), (.35, .37, .39), (.33, .36, .39), (.80, .84, .88), (.40, .45, .50),
                          (.10, .16, .22), (2.0, 3.0, 4.0), (.05, .06, .07), (0, 0, 0)),
-    ("p2ot_plan", "train"): ((.41, .44, .47), (.60, .64, .68), (.55, .60, .65), (.60, .66, .72), (.52, .59, .66),
+    ("zz_candidate", "train"): ((.41, .44, .47), (.60, .64, .68), (.55, .60, .65), (.60, .66, .72), (.52, .59, .66),
                              (.25, .46, .22), (8.0, None, 12.0), (.30, .30, .60), (0, 2, 0)),
-    ("p2ot_plan", "test"): ((.33, .35, .37), (.36, .38, .43), (.34, .38, .42), (.70, .75, .80), (.41, .47, .53),
+    ("zz_candidate", "test"): ((.33, .35, .37), (.36, .38, .43), (.34, .38, .42), (.70, .75, .80), (.41, .47, .53),
                             (.11, .18, .25), (4.0, 5.0, 9.0), (.02, .03, .07), (0, 0, 0)),
 }
-WALL = {"kmeans": (3.0, 4.0, 5.0), "p2ot_plan": (10.0, 20.0, 60.0)}
+WALL = {"kmeans": (3.0, 4.0, 5.0), "zz_candidate": (10.0, 20.0, 60.0)}
 
 
 def row(method, seed, train, test, wall, factor=100.0, encoder="efficientnet_lite0"):
@@ -34,7 +34,7 @@ def row(method, seed, train, test, wall, factor=100.0, encoder="efficientnet_lit
 def make_rows():
     lone = (.9, .9, .9, .9, .9, .9, None, .9, 3)  # an unknown method, on a seed no other method has
     rows = [row("zz_new", 7, lone, lone, 1.0)]  # seen first, yet after the known kmeans
-    for method in ("p2ot_plan", "kmeans"):
+    for method in ("zz_candidate", "kmeans"):
         for seed in range(3):
             train, test = ([v[seed] for v in VALUES[(method, split)]] for split in ("train", "test"))
             rows.append(row(method, seed, train, test, WALL[method][seed]))
@@ -45,7 +45,7 @@ def make_rows():
 
 
 def test_hand_numbers_use_the_sample_std_as_mean_std_does():
-    # the paired train bal. ACC differences of p2ot_plan - kmeans: .10, .12, .14
+    # the paired train bal. ACC differences of zz_candidate - kmeans: .10, .12, .14
     diffs = np.array([.60, .64, .68]) - np.array([.50, .52, .54])
     assert f"{diffs.mean():+.3f} ± {np.std(diffs, ddof=1):.3f}" == write_docs._mean_std(list(diffs), sign="+")
     assert write_docs._mean_std(list(diffs), sign="+") == "+0.120 ± 0.020"
@@ -55,7 +55,7 @@ def test_table_per_split_with_empty_clusters_and_method_order():
     rows = make_rows()
     train = write_docs.frozen_lab_table(rows, 100, "train")
     assert train[0].startswith("| method | seeds | NMI | bal. ACC | macro F1 | head ACC | medium ACC | tail ACC |")
-    assert [line.split(" | ")[0] for line in train[2:]] == ["| `kmeans`", "| `zz_new`", "| `p2ot_plan`"]
+    assert [line.split(" | ")[0] for line in train[2:]] == ["| `kmeans`", "| `zz_new`", "| `zz_candidate`"]
     # kmeans: 20, 22, 24 -> 22.0 ± 2.0; KL .5, .6, .7 -> 0.600 ± 0.100; wall (3 + 4 + 5) / 3 = 4.0
     assert train[2] == ("| `kmeans` | 3 | 0.420 ± 0.020 | 0.520 ± 0.020 | 0.480 ± 0.030 | 0.740 ± 0.040 | "
                         "0.550 ± 0.050 | 0.260 ± 0.060 | 22.0 ± 2.0 | 0.600 ± 0.100 | 4.0 |")
@@ -65,7 +65,7 @@ def test_table_per_split_with_empty_clusters_and_method_order():
     # tail .25, .46, .22: mean .31, deviations -.06, .15, -.09 -> sqrt(.0342 / 2) = 0.131
     # ratio 8, None, 12: 10.0 ± sqrt(8) = 2.8 over the 2 seeds, seed 1 had 2 empty clusters
     # KL .3, .3, .6: mean .4, deviations -.1, -.1, .2 -> sqrt(.06 / 2) = 0.173; wall (10 + 20 + 60) / 3 = 30.0
-    assert train[4] == ("| `p2ot_plan` | 3 | 0.440 ± 0.030 | 0.640 ± 0.040 | 0.600 ± 0.050 | 0.660 ± 0.060 | "
+    assert train[4] == ("| `zz_candidate` | 3 | 0.440 ± 0.030 | 0.640 ± 0.040 | 0.600 ± 0.050 | 0.660 ± 0.060 | "
                         "0.590 ± 0.070 | 0.310 ± 0.131 | 10.0 ± 2.8 over 2, empty in 1 of 3 seeds (2 clusters) | "
                         "0.400 ± 0.173 | 30.0 |")
     test = write_docs.frozen_lab_table(rows, 100.0, "test")
@@ -73,7 +73,7 @@ def test_table_per_split_with_empty_clusters_and_method_order():
                        "0.450 ± 0.050 | 0.160 ± 0.060 | 3.0 ± 1.0 | 0.060 ± 0.010 | 4.0 |")
     # bal. .36, .38, .43: mean .39, deviations -.03, -.01, .04 -> sqrt(.0026 / 2) = 0.036
     # ratio 4, 5, 9: mean 6, deviations -2, -1, 3 -> sqrt(14 / 2) = 2.6; KL .02, .03, .07 -> 0.040 ± 0.026
-    assert test[4] == ("| `p2ot_plan` | 3 | 0.350 ± 0.020 | 0.390 ± 0.036 | 0.380 ± 0.040 | 0.750 ± 0.050 | "
+    assert test[4] == ("| `zz_candidate` | 3 | 0.350 ± 0.020 | 0.390 ± 0.036 | 0.380 ± 0.040 | 0.750 ± 0.050 | "
                        "0.470 ± 0.060 | 0.180 ± 0.070 | 6.0 ± 2.6 | 0.040 ± 0.026 | 30.0 |")
     assert write_docs.frozen_lab_table(rows, 10, "train")[2].startswith("| `kmeans` | 1 | 0.100 |")
     assert len(write_docs.frozen_lab_table(rows, 50, "train")) == 2
@@ -85,19 +85,19 @@ def test_paired_skips_a_method_without_a_shared_seed():
     assert train[0] == "| method − `kmeans` | seeds | NMI | bal. ACC | tail ACC | size-KL | beyond one std |"
     # NMI diffs .01, .02, .03 -> +0.020 ± 0.010; bal. .10, .12, .14 -> +0.120 ± 0.020 (beyond one std)
     # tail .05, .20, -.10 -> +0.050 ± 0.150 (not beyond); KL -.2, -.3, -.1 -> -0.200 ± 0.100
-    assert train[2:] == ["| `p2ot_plan` | 3 | +0.020 ± 0.010 | +0.120 ± 0.020 | +0.050 ± 0.150 | "
+    assert train[2:] == ["| `zz_candidate` | 3 | +0.020 ± 0.010 | +0.120 ± 0.020 | +0.050 ± 0.150 | "
                          "-0.200 ± 0.100 | bal. ACC |"]  # zz_new (seed 7 only) skipped
     test = write_docs.frozen_lab_paired(rows, 100, split="test")
     # NMI .03, .04, .05; bal. .01, .01, .04 -> +0.020 ± 0.017; tail .01, .02, .03; KL -.03, -.03, 0
-    assert test[2:] == ["| `p2ot_plan` | 3 | +0.040 ± 0.010 | +0.020 ± 0.017 | +0.020 ± 0.010 | "
+    assert test[2:] == ["| `zz_candidate` | 3 | +0.040 ± 0.010 | +0.020 ± 0.017 | +0.020 ± 0.010 | "
                         "-0.020 ± 0.017 | bal. ACC, tail ACC |"]
     assert write_docs.frozen_lab_paired(rows, 10)[2:] == []  # kmeans alone at IF 10
 
 
 def test_goal_not_met_then_met():
     rows = make_rows()
-    lines = write_docs.frozen_lab_goal(rows, "p2ot_plan")
-    assert lines[0] == "`p2ot_plan` at IF 100, training set, against `kmeans` on 3 shared seeds:"
+    lines = write_docs.frozen_lab_goal(rows, "zz_candidate")
+    assert lines[0] == "`zz_candidate` at IF 100, training set, against `kmeans` on 3 shared seeds:"
     assert lines[2].endswith(": +0.120 ± 0.020: yes") and "bal. ACC" in lines[2]
     assert lines[3].endswith(": +0.050 ± 0.150: no") and "tail ACC" in lines[3]
     assert lines[4].endswith("10.0 ± 2.8 over 2, empty in 1 of 3 seeds (2 clusters): no")  # a None fails
@@ -105,28 +105,29 @@ def test_goal_not_met_then_met():
     assert lines[-1] == "**Goal not met** (2 of 4 conditions)."
 
     for r in rows:  # tail .30, .38, .46: diffs .10, .12, .14; no empty cluster: ratio 8, 10, 12 -> mean 10 >= 10
-        if r["method"] == "p2ot_plan" and r["imbalance_factor"] == 100:
+        if r["method"] == "zz_candidate" and r["imbalance_factor"] == 100:
             r["train"]["tail_acc"] = (.30, .38, .46)[r["seed"]]
             r["train"]["largest_smallest"], r["train"]["empty_clusters"] = (8.0, 10.0, 12.0)[r["seed"]], 0
-    lines = write_docs.frozen_lab_goal(rows, "p2ot_plan", factor=100)
+    lines = write_docs.frozen_lab_goal(rows, "zz_candidate", factor=100)
     assert lines[3].endswith(": +0.120 ± 0.020: yes") and lines[4].endswith(": 10.0 ± 2.0: yes")
     assert lines[-1] == "**Goal met** (4 of 4 conditions)."
 
     worse = copy.deepcopy(rows)  # a higher size-KL than kmeans' alone fails the goal
     for r in worse:
-        if r["method"] == "p2ot_plan":
+        if r["method"] == "zz_candidate":
             r["train"]["size_kl"] = 1.0
-    assert write_docs.frozen_lab_goal(worse, "p2ot_plan")[-1] == "**Goal not met** (3 of 4 conditions)."
+    assert write_docs.frozen_lab_goal(worse, "zz_candidate")[-1] == "**Goal not met** (3 of 4 conditions)."
     missing = write_docs.frozen_lab_goal(rows, "no_such_method")
     assert missing[-1] == "**Goal not met** (0 of 4 conditions)."
 
 
-def test_section_fills_only_the_marked_blocks():
+def test_section_fills_only_the_marked_blocks(monkeypatch):
+    monkeypatch.setattr(write_docs, "FROZEN_GOAL_METHODS", ("zz_candidate", "absent"))
     rows = make_rows()
     page = ("intro\n<!-- frozen-if100-train:start -->\nold\n<!-- frozen-if100-train:end -->\n"
             "<!-- frozen-goal:start -->\nold\n<!-- frozen-goal:end -->\n")
     out = write_docs.frozen_section(page, rows)
-    assert "old" not in out and "| `p2ot_plan` | 3 | 0.440 ± 0.030" in out and "**Goal not met**" in out
+    assert "old" not in out and "| `zz_candidate` | 3 | 0.440 ± 0.030" in out and "**Goal not met**" in out
     assert write_docs.frozen_section("no markers\n", rows) == "no markers\n"
 
 
