@@ -191,3 +191,28 @@ def test_two_gloo_ranks_give_the_loss_and_gradients_of_one_process(tmp_path):
         torch.testing.assert_close(got_loss, loss)
         # DDP averages gradients; each rank's loss is the global batch's, so the average is one process's
         torch.testing.assert_close(got_grad, grad)
+
+
+def test_the_term_warns_once_when_the_head_empties_a_cluster():
+    term = MiniClusterSelfLabel(threshold=0.5)
+    term.build(3)
+    term.mini_head = CosineHead(4, 6, scale=5.0)
+    term.mini_head.init_centroids(torch.randn(6, 4))
+    h = torch.randn(8, 4)
+    logits = torch.tensor([[5.0, 0.0, 0.0]] * 4 + [[0.0, 5.0, 0.0]] * 4)  # cluster 2 never wins
+    step = StepOutputs(h, h, h_a=h, h_b=h, logits={"a": logits, "b": logits})
+
+    class Module:
+        current_epoch = 3
+
+    term.on_fit_start(Module())
+    term(step)
+    with pytest.warns(UserWarning, match=r"in epoch 3 the cluster head assigned no training image to cluster\(s\) "
+                                         r"\[2\] of 3"):
+        term.on_train_epoch_end(Module())
+    term(step)
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        term.on_train_epoch_end(Module())  # once per fit

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,6 +54,8 @@ class MiniClusterSelfLabel(Objective):
         self.mini_scale = mini_scale
         self.mini_head: CosineHead | None = None
         self._k: int | None = None
+        self._epoch_counts: Tensor | None = None  # argmax counts of the cluster head in this epoch
+        self._warned = False
 
     def check(self) -> None:
         super().check()
@@ -91,6 +95,24 @@ class MiniClusterSelfLabel(Objective):
             self._make_head(int(saved.shape[1]), saved.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def on_fit_start(self, module: nn.Module) -> None:
+        self._epoch_counts, self._warned = None, False
+
+    def on_train_epoch_end(self, module: nn.Module) -> None:
+        """Warn (once per fit) when the cluster head gave no image of an epoch to some cluster:
+        the weights favour clusters that span few mini-clusters, and on a long tail they can
+        empty one (counted over the global batches of the epoch)."""
+        counts, self._epoch_counts = self._epoch_counts, None
+        if counts is None or self._warned:
+            return
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        if empty:
+            self._warned = True
+            warnings.warn(f"MiniClusterSelfLabel: in epoch {module.current_epoch} the cluster head assigned no "
+                          f"training image to cluster(s) {empty} of {len(counts)} (argmax over both views): the "
+                          "re-weighted self-labelling has emptied them; lower the learning rate or the "
+                          "cosine_scale, or pick another clustering term", UserWarning, stacklevel=2)
+
     @torch.no_grad()
     def on_train_epoch_start(self, module: nn.Module) -> None:
         head = self.mini_head
@@ -112,6 +134,9 @@ class MiniClusterSelfLabel(Objective):
         if world_size() > 1:  # the module's logits span the global batch: so must the mini head's
             mini_a, mini_b = gather_with_grad(mini_a), gather_with_grad(mini_b)
         la, lb = step.logits["a"], step.logits["b"]
+        with torch.no_grad():
+            counts = torch.bincount(torch.cat([la, lb]).argmax(1), minlength=la.shape[1])
+            self._epoch_counts = counts if self._epoch_counts is None else self._epoch_counts + counts
         args = (self.threshold, self.delta, self.alpha, self.beta)
         return 0.5 * (minicluster_loss(la.detach(), lb, mini_a.detach(), mini_b, *args)
                       + minicluster_loss(lb.detach(), la, mini_b.detach(), mini_a, *args))
