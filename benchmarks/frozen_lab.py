@@ -279,6 +279,33 @@ def module_method(terms, **module_args):
     return run
 
 
+def plan_sized_p2ot(size_momentum: float = 0.99, size_floor: float = 0.1):
+    """P²OT whose KL target follows its own plans (a tail-keeping candidate, METHOD.md 2.8):
+    the size prior ``pi`` (uniform at the start) becomes ``m pi + (1 - m) colsum(T) / sum(T)``
+    after every plan, floored at ``size_floor / K``, and the KL pulls toward ``rho * pi``
+    instead of ``rho / K``. Measured here, not shipped: it empties clusters."""
+    from dcl_cluster.objectives import P2OTPseudoLabels
+
+    class PlanSizedP2OT(P2OTPseudoLabels):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("size_prior", torch.empty(0, dtype=torch.float64))
+
+        def size_target(self, num_clusters: int) -> torch.Tensor:
+            if self.size_prior.numel() != num_clusters:
+                self.size_prior = torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float64,
+                                             device=self.bank.device)
+            return self.size_prior
+
+        def observe_plan(self, targets: torch.Tensor) -> None:
+            plan = targets.sum(dim=0).to(torch.float64)
+            pi = size_momentum * self.size_prior + (1 - size_momentum) * plan / plan.sum()
+            pi = pi.clamp_min(size_floor / len(pi))
+            self.size_prior = pi / pi.sum()
+
+    return PlanSizedP2OT()
+
+
 def methods() -> dict:
     """name -> ``(data, seed) -> (train predictions, test predictions)``."""
     from dcl_cluster import preset
@@ -294,7 +321,7 @@ def methods() -> dict:
         "scan": module_method(lambda: [SCANConsistency()]),
         "miniclustering": module_method(lambda: [MiniClusterSelfLabel()], cosine_scale=100.0),
         # the tail-keeping candidates (issue 23, part 3)
-        "p2ot_plan": module_method(lambda: [P2OTPseudoLabels(sizes="plan")]),
+        "p2ot_plan": module_method(lambda: [plan_sized_p2ot()]),
         "overcluster_avg": lambda data, seed: kmeans_method(data, seed, over=5, linkage="average"),
     }
 

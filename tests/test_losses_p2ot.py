@@ -272,3 +272,25 @@ class TestP2OTLoss:
     def test_shape_mismatch(self):
         with pytest.raises(ValueError, match="logits_a and logits_b must have the same shape"):
             p2ot_loss(torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, 3), torch.zeros(5, 3))
+
+
+def test_a_subclass_sets_the_terms_size_target_and_sees_every_plan():
+    from dcl_cluster.objectives import P2OTPseudoLabels, StepOutputs
+
+    seen = []
+
+    class Skewed(P2OTPseudoLabels):
+        def size_target(self, num_clusters):
+            return torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+
+        def observe_plan(self, targets):
+            seen.append(targets.clone())
+
+    term = Skewed(lam=math.inf, bank_batches=1, tol=1e-10, max_iters=5000)
+    term.build(3)
+    la, lb = logits_of(20, 3, seed=4, dtype=torch.float32, scale=0.3), logits_of(20, 3, seed=5, dtype=torch.float32,
+                                                                                 scale=0.3)
+    term(StepOutputs(la, lb, logits={"a": la, "b": lb}, progress=1.0))  # rho = 1: all mass trusted
+    assert len(seen) == 1 and seen[0].shape == (40, 3)  # both views; the bank was empty
+    np.testing.assert_allclose(seen[0].sum(0).numpy(), [28.0, 8.0, 4.0], rtol=1e-4)
+    assert P2OTPseudoLabels().size_target(3) is None

@@ -34,12 +34,6 @@ class P2OTPseudoLabels(Objective):
         bank_batches: Batches of logits kept in the memory bank (``>= 1``; 0: no bank).
         max_iters: Scaling iterations per plan.
         tol: Stop when the scaling vector moves less than this.
-        sizes: ``"uniform"``: the KL relaxation pulls every cluster toward ``rho / K`` (P²OT);
-            ``"plan"``: toward ``rho * pi``, where the size prior ``pi`` (a buffer, uniform at
-            the start) follows the plans' own column sums (an EMA with ``size_momentum``),
-            floored at ``size_floor / K`` so no cluster is starved (METHOD.md 2.8).
-        size_momentum: EMA momentum of ``pi`` per step (``sizes="plan"``), in ``[0, 1)``.
-        size_floor: ``pi_k >= size_floor / K`` (``sizes="plan"``), in ``(0, 1]``.
 
     Examples:
         >>> import torch
@@ -53,11 +47,9 @@ class P2OTPseudoLabels(Objective):
     """
 
     name = "pseudo_labels"
-    SIZES = ("uniform", "plan")
 
     def __init__(self, weight: float = 1.0, rho_0: float = 0.1, epsilon: float = 0.1, lam: float = 1.0,
-                 bank_batches: int = 10, max_iters: int = 1000, tol: float = 1e-6, sizes: str = "uniform",
-                 size_momentum: float = 0.99, size_floor: float = 0.1) -> None:
+                 bank_batches: int = 10, max_iters: int = 1000, tol: float = 1e-6) -> None:
         super().__init__(weight)
         self.rho_0 = rho_0
         self.epsilon = epsilon
@@ -65,11 +57,7 @@ class P2OTPseudoLabels(Objective):
         self.bank_batches = bank_batches
         self.max_iters = max_iters
         self.tol = tol
-        self.sizes = sizes
-        self.size_momentum = size_momentum
-        self.size_floor = size_floor
         self.register_buffer("bank", torch.empty(0, 0))
-        self.register_buffer("size_prior", torch.empty(0, dtype=torch.float64))
         self.register_buffer("log_b", torch.empty(0, dtype=torch.float64))
         self._last: dict[str, float | Tensor] = {}
 
@@ -85,12 +73,6 @@ class P2OTPseudoLabels(Objective):
         if not isinstance(self.max_iters, int) or self.max_iters < 1:
             raise ValueError(f"max_iters must be an integer >= 1, got {self.max_iters!r}")
         check_positive("tol", self.tol)
-        if self.sizes not in self.SIZES:
-            raise ValueError(f"sizes must be one of {self.SIZES}, got {self.sizes!r}")
-        if not isinstance(self.size_momentum, (int, float)) or not 0 <= self.size_momentum < 1:
-            raise ValueError(f"size_momentum must be in [0, 1), got {self.size_momentum!r}")
-        if not isinstance(self.size_floor, (int, float)) or not 0 < self.size_floor <= 1:
-            raise ValueError(f"size_floor must be in (0, 1], got {self.size_floor!r}")
 
     def needs(self) -> Needs:
         return Needs(head=("cosine", "softmax"), clustering=True, num_clusters=True)
@@ -98,17 +80,12 @@ class P2OTPseudoLabels(Objective):
     def build(self, num_clusters: int | None) -> None:
         if self.bank.shape[1] != num_clusters:
             self.bank = torch.empty(0, num_clusters, device=self.bank.device)
-        if self.size_prior.numel() != num_clusters:
-            self.size_prior = torch.full((num_clusters,), 1.0 / num_clusters, dtype=torch.float64,
-                                         device=self.size_prior.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # the bank grows: take the saved size
-        for name in ("bank", "log_b", "size_prior"):
+        for name in ("bank", "log_b"):
             saved = state_dict.get(prefix + name)
             if saved is not None:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        if prefix + "size_prior" not in state_dict and prefix + "bank" in state_dict:  # a 0.2 checkpoint
-            state_dict[prefix + "size_prior"] = self.size_prior.clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, step: StepOutputs) -> Tensor:
@@ -124,23 +101,25 @@ class P2OTPseudoLabels(Objective):
         rho = p2ot_rho(step.progress, self.rho_0)
         rows = torch.cat([la.detach().float(), lb.detach().float(), self.bank])  # (2B + M, K)
         init = self.log_b if self.log_b.numel() == k + 1 else None
-        prior = self.size_prior if self.sizes == "plan" else None
         targets, log_b = partial_ot_targets(rows, rho, self.epsilon, self.lam, self.max_iters, self.tol,
-                                            init_log_b=init, return_log_b=True, prior=prior)
+                                            init_log_b=init, return_log_b=True, prior=self.size_target(k))
         with torch.no_grad():
-            if self.sizes == "plan":  # the prior follows the plan's sizes, never below the floor
-                plan = targets.sum(dim=0).to(torch.float64)
-                pi = self.size_momentum * self.size_prior + (1 - self.size_momentum) * plan / plan.sum()
-                pi = pi.clamp_min(self.size_floor / k)
-                self.size_prior = pi / pi.sum()
+            self.observe_plan(targets)
             self.log_b = log_b.detach().to(self.log_b.device)
             if self.bank_batches > 0:
                 self.bank = torch.cat([la.detach().float(), self.bank])[: self.bank_batches * n]
         t_a, t_b = targets[:n], targets[n: 2 * n]
         self._last = {"p2ot_rho": rho, "p2ot_trusted": t_a.sum(dim=1).mean()}
-        if self.sizes == "plan":
-            self._last["p2ot_size_prior_max_min"] = self.size_prior.max() / self.size_prior.min()
         return p2ot_loss(la, lb, t_a, t_b)
+
+    def size_target(self, num_clusters: int) -> Tensor | None:
+        """The cluster-size shares the KL relaxation pulls toward (``partial_ot_targets``'s
+        ``prior``): ``None``, P²OT's uniform ``rho / K``. A subclass may return its own ``(K,)``
+        shares (and update them in :meth:`observe_plan`); it must say which sizes it assumes."""
+        return None
+
+    def observe_plan(self, targets: Tensor) -> None:
+        """Called with each step's pseudo-labels ``(2B + M, K)`` (no gradient); nothing here."""
 
     def logs(self) -> dict[str, float | Tensor]:
         return dict(self._last)
