@@ -430,6 +430,56 @@ def tail_structure(factors=IMBALANCE_FACTORS, path: Path = TAIL_RESULTS, data_di
     return rows
 
 
+JOINT_COST_RESULTS = HERE / "results" / "frozen_lab_joint_cost.json"
+
+
+def joint_cost(batch: int = 64, repeats: int = 5, path: Path = JOINT_COST_RESULTS) -> dict:
+    """What training Lite0's last block beside a head would cost on this CPU, per augmented view
+    at 128 px (bf16 autocast): the whole encoder's forward and backward with only its last block
+    trainable, the frozen prefix's forward alone (what a cache of the prefix's output per view
+    would save), and the trainable suffix (last block, 1x1 head convolution, pooling) forward
+    and backward on that output."""
+    from benchmarks.common import interleaved_medians
+    from dcl_cluster.nn import TimmBackbone
+
+    net = TimmBackbone(TIMM_NAME, weights="packaged", trainable_blocks=1).train()
+    model = net.model
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+    def prefix(images):
+        out = model.bn1(model.conv_stem(images))
+        for stage in model.blocks[:-1]:
+            out = stage(out)
+        return out
+
+    def suffix(feats):
+        return model.global_pool(model.bn2(model.conv_head(model.blocks[-1](feats))))
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cached = prefix(x)
+
+    def full():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            net(x).float().square().mean().backward()
+
+    def prefix_only():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            prefix(x)
+
+    def suffix_only():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            suffix(cached).float().square().mean().backward()
+
+    times = interleaved_medians({"full": full, "prefix": prefix_only, "suffix": suffix_only}, repeats)
+    row = {"encoder": ENCODER, "image_size": IMAGE_SIZE, "batch": batch, "trainable": "blocks[-1] (timm's last stage)",
+           "views_per_s_full": batch / times["full"], "views_per_s_prefix_forward": batch / times["prefix"],
+           "views_per_s_suffix": batch / times["suffix"], "prefix_output_shape": list(cached.shape[1:]),
+           "prefix_output_bytes_fp16": int(cached[0].numel() * 2)}
+    print(row, flush=True)
+    path.write_text(json.dumps(row, indent=1))
+    return row
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RESOLUTION_RESULTS = HERE / "results" / "frozen_lab_resolution.json"
 
@@ -477,6 +527,7 @@ def main(argv=None) -> None:
     runs.add_argument("--out", type=Path, default=RESULTS)
     sub.add_parser("resolution", help="128 vs 160 px and the normalisation, k-means on the test set")
     sub.add_parser("tail", help="is each class a cluster? kNN and over-clustering per class")
+    sub.add_parser("joint-cost", help="what training Lite0's last block would cost per view")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.command == "features":
@@ -487,6 +538,8 @@ def main(argv=None) -> None:
         resolution()
     elif args.command == "tail":
         tail_structure()
+    elif args.command == "joint-cost":
+        joint_cost()
 
 
 if __name__ == "__main__":
