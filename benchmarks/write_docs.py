@@ -599,6 +599,18 @@ def frozen_resolution_table(rows):
     return out
 
 
+def frozen_joint_cost_table(row, images=12_406, views=2):
+    """Training Lite0's last block: views per second of each part and what one epoch of
+    CIFAR-10-LT IF 100 (``images`` x ``views`` augmented views) would take with it."""
+    out = [f"| part (batch {row['batch']}, {row['image_size']} px, bf16) | views / s | one epoch of IF 100, "
+           f"{images:,} images x {views} views |", "|---|---:|---:|"]
+    for label, key in (("whole encoder, forward + backward, last stage trainable", "views_per_s_full"),
+                       ("frozen prefix, forward only (cacheable once per view)", "views_per_s_prefix_forward"),
+                       ("trainable suffix on the cached prefix, forward + backward", "views_per_s_suffix")):
+        out.append(f"| {label} | {row[key]:.0f} | {images * views / row[key] / 60:.1f} min |")
+    return out
+
+
 def frozen_tail_table(rows):
     """Is each class a cluster of the frozen features? Per class and imbalance factor: its images,
     the share of its 10 nearest neighbours in its class, and the share of its images in
@@ -682,7 +694,8 @@ def main() -> None:
     frozen_path = HERE / "results" / "frozen_lab.json"
     if frozen_path.exists():
         text = frozen_section(text, json.loads(frozen_path.read_text()))
-    for name, table in (("frozen_lab_resolution", frozen_resolution_table), ("frozen_lab_tail", frozen_tail_table)):
+    for name, table in (("frozen_lab_resolution", frozen_resolution_table), ("frozen_lab_tail", frozen_tail_table),
+                        ("frozen_lab_joint_cost", frozen_joint_cost_table)):
         path = HERE / "results" / f"{name}.json"
         if path.exists():
             text = _replace_if_marked(text, name.replace("_", "-"), table(json.loads(path.read_text())))

@@ -142,3 +142,13 @@ def test_resolution_and_tail_tables():
            "own_majority_share_100": [0.9, 0.0], "own_majority_clusters_100": [40, 0]}
     tail = frozen_tail_table([row])
     assert tail[2] == "| airplane | 5000 / 0.88 / 0.90 (40) |" and tail[3] == "| automobile | 50 / 0.12 / 0.00 (0) |"
+
+
+def test_joint_cost_table():
+    from benchmarks.write_docs import frozen_joint_cost_table
+
+    lines = frozen_joint_cost_table({"batch": 64, "image_size": 128, "views_per_s_full": 41.35,
+                                     "views_per_s_prefix_forward": 124.0, "views_per_s_suffix": 620.3})
+    # 12,406 x 2 views at 41.35 views/s = 600.05 s = 10.0 min; at 620.3: 40.0 s = 0.7 min
+    assert lines[2] == "| whole encoder, forward + backward, last stage trainable | 41 | 10.0 min |"
+    assert lines[4] == "| trainable suffix on the cached prefix, forward + backward | 620 | 0.7 min |"
