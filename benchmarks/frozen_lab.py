@@ -62,7 +62,7 @@ def cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "dcl_cluster") / "frozen_lab"
 
 
-def encoder(image_size: int = IMAGE_SIZE):
+def encoder():
     from dcl_cluster.nn import TimmBackbone
 
     return TimmBackbone(TIMM_NAME, weights="packaged", trainable_blocks=0).eval()

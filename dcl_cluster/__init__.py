@@ -6,7 +6,7 @@ torch import and does not pay for Lightning.
 
 from importlib import import_module
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 
 _PUBLIC = {
     "DebiasedClusterModule": "dcl_cluster.module",

@@ -427,6 +427,11 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         if self.cluster_head is not None and not step.clustering:
             # The head is idle in the warm-up: a zero term keeps it in the graph for DDP.
             loss = loss + 0.0 * sum(p.sum() for p in self.cluster_head.parameters())
+        # so are the parameters of a term that did not run (a term's own head, MiniClusterSelfLabel's)
+        self._idle_term_params = [p for t in self.objectives if t.name not in terms for p in t.parameters()
+                                  if p.requires_grad]
+        if self._idle_term_params and terms:
+            loss = loss + 0.0 * sum(p.sum() for p in self._idle_term_params)
         if batch_idx == 0 or self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
             check_finite(loss, terms, where)
@@ -446,6 +451,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         if self.cluster_head is not None and not self.clustering_active:
             for p in self.cluster_head.parameters():
                 p.grad = None
+        for p in getattr(self, "_idle_term_params", ()):  # an idle term's zero gradient: no decay, no step
+            p.grad = None
 
     def on_train_epoch_start(self) -> None:
         if self.hparams.num_clusters == "auto" and self.current_epoch >= self.hparams.warmup_epochs:

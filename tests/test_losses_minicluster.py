@@ -126,20 +126,39 @@ def test_no_confident_row_leaves_only_the_similarity_term():
 
 
 def test_the_term_trains_its_mini_head_inside_the_module_and_reloads(tmp_path):
+    from dcl_cluster.objectives import InfoNCE
+
     pl.seed_everything(0)
     dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=64)
-    module = DebiasedClusterModule(objectives=[MiniClusterSelfLabel(mini_clusters=12, threshold=0.6)],
-                                   cluster_head="cosine", cosine_scale=30.0, warmup_epochs=1, backbone_width=8)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=dm)
-    term = module.objectives[0]
+    term = MiniClusterSelfLabel(mini_clusters=12, threshold=0.6)
+    with pytest.warns(UserWarning, match="cosine_scale=30.0: the cluster head's logits are bounded"):
+        module = DebiasedClusterModule(objectives=[InfoNCE(), term], cluster_head="cosine", cosine_scale=30.0,
+                                       warmup_epochs=1, backbone_width=8)
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                             default_root_dir=tmp_path)
+        in_graph, after_step = [], []
+
+        class Spy(pl.Callback):
+            def on_before_optimizer_step(self, trainer, *args):  # before the module's own hook
+                if trainer.current_epoch == 0:
+                    in_graph.append(term.mini_head.centroids.grad)
+
+            def on_train_batch_end(self, trainer, *args):  # after the step: the module cleared idle grads
+                if trainer.current_epoch == 0:
+                    after_step.append(term.mini_head.centroids.grad)
+
+        trainer.callbacks.append(Spy())
+        trainer.fit(module, datamodule=dm)
+    # idle in the warm-up: in the graph (a zero gradient, so DDP sees every parameter used), then no step
+    assert in_graph and all(g is not None and not g.any() for g in in_graph)
+    assert after_step and all(g is None for g in after_step)
+    term = module.objectives[1]
     assert term.mini_head is not None and term.mini_head.ready and term.mini_head.num_clusters == 12
     assert any(p is term.mini_head.centroids for group in trainer.optimizers[0].param_groups for p in group["params"])
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     again = DebiasedClusterModule.load_from_checkpoint(tmp_path / "last.ckpt")
-    torch.testing.assert_close(again.objectives[0].mini_head.centroids, term.mini_head.centroids)
+    torch.testing.assert_close(again.objectives[1].mini_head.centroids, term.mini_head.centroids)
     with pytest.raises(ValueError, match="mini_clusters must be an integer >= 2"):
         MiniClusterSelfLabel(mini_clusters=1).check()
 
@@ -178,7 +197,10 @@ def _worker(rank, init_file, out_file):
     la, lb = gather_with_grad(5 * h_a[rows] @ head.t()), gather_with_grad(5 * h_b[rows] @ head.t())
     loss, grad = _loss(term, head, h_a[rows], h_b[rows], la, lb)
     dist.all_reduce(grad)
-    torch.save((loss, grad / WORLD), f"{out_file}.{rank}")
+    local, local_term = None, _term_and_batch()[0]
+    local_term._gather = False  # a module with gather_distributed=False: this rank's rows only
+    local, _ = _loss(local_term, head, h_a[rows], h_b[rows], 5 * h_a[rows] @ head.t(), 5 * h_b[rows] @ head.t())
+    torch.save((loss, grad / WORLD, local), f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
@@ -187,10 +209,14 @@ def test_two_gloo_ranks_give_the_loss_and_gradients_of_one_process(tmp_path):
     term, head, h_a, h_b = _term_and_batch()
     loss, grad = _loss(term, head, h_a, h_b, 5 * h_a @ head.t(), 5 * h_b @ head.t())
     for r in range(WORLD):
-        got_loss, got_grad = torch.load(f"{tmp_path / 'out'}.{r}")
+        got_loss, got_grad, got_local = torch.load(f"{tmp_path / 'out'}.{r}")
         torch.testing.assert_close(got_loss, loss)
         # DDP averages gradients; each rank's loss is the global batch's, so the average is one process's
         torch.testing.assert_close(got_grad, grad)
+        rows = slice(r * B, (r + 1) * B)
+        single = _term_and_batch()[0]
+        expected, _ = _loss(single, head, h_a[rows], h_b[rows], 5 * h_a[rows] @ head.t(), 5 * h_b[rows] @ head.t())
+        torch.testing.assert_close(got_local, expected)
 
 
 def test_the_term_warns_once_when_the_head_empties_a_cluster():

@@ -149,6 +149,8 @@ class TestPartialOTTargets:
         t = partial_ot_targets(harsh, rho)
         assert calls and torch.isfinite(t).all() and (t.sum(dim=1) <= 1 + 1e-6).all()
         assert t.sum().item() == pytest.approx(rho * 64, rel=1e-5)
+        monkeypatch.setattr(pseudo_labels, "_scale_linear", lambda *a: None)  # the log-space path from the start
+        torch.testing.assert_close(t, partial_ot_targets(harsh, rho), rtol=0, atol=0)
 
     def test_no_gradient_and_output_dtype(self):
         logits = logits_of(8, 3, seed=8, dtype=torch.float32).requires_grad_(True)

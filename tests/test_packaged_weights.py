@@ -132,3 +132,21 @@ def test_lite0_features_cluster_real_cifar10_far_above_pixels(cifar10_npz_dir):
     features_nmi = nmi(y[keep], KMeans(10, n_init=10, random_state=0).fit_predict(feats))
     pixels_nmi = nmi(y[keep], KMeans(10, n_init=10, random_state=0).fit_predict(images.flatten(1).numpy()))
     assert pixels_nmi < 0.15 and features_nmi > 0.4 and features_nmi > pixels_nmi + 0.3, (features_nmi, pixels_nmi)
+
+
+def test_timm_with_the_converted_weights_computes_what_the_original_implementation_does(lite0_file, lite0_state):
+    """The weights' own architecture (PyPI's efficientnet-lite-pytorch, the implementation they
+    were exported from) and timm's tf_efficientnet_lite0 with the converted keys and the
+    original classifier give the same ImageNet logits."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    original = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0_file)).eval()
+    ours = timm.create_model("tf_efficientnet_lite0").eval()
+    state = efficientnet_original_to_timm(lite0_state, ours)
+    state.update({"classifier.weight": lite0_state["_fc.weight"], "classifier.bias": lite0_state["_fc.bias"]})
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = original(x), ours(x)
+    assert expected.shape == (3, 1000) and expected.abs().max() > 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

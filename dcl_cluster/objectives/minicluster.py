@@ -26,10 +26,12 @@ class MiniClusterSelfLabel(Objective):
     The term owns a second cosine head of ``mini_clusters`` prototypes (``M``; default
     ``4 K``, MiniClustering's 40 for K = 10), initialised, like the module's head, at the
     k-means centres of the training features (k-means with ``M``). Both heads are sharp from
-    the start when the module's ``cosine_scale`` is high (MiniClustering starts its linear heads
-    at 100x the normalised centres: ``cosine_scale=100``, as the ``miniclustering`` preset
-    sets). Each step runs both directions between the two augmented views: the targets come
-    from one view (no gradient), the loss and the class weights from the other.
+    the start when the module's ``cosine_scale`` is high: MiniClustering starts its linear heads
+    at 100x the normalised centres, so pass ``cosine_scale=100`` to the module (it warns below
+    50: a cosine head's logits are bounded by its scale, and few images then pass 0.99). Each
+    step runs both directions between the two augmented views: the targets come from one view
+    (no gradient), the loss and the class weights from the other. A known number of clusters
+    only (not ``num_clusters="auto"``).
 
     Args:
         weight: Weight in the sum.
@@ -56,6 +58,7 @@ class MiniClusterSelfLabel(Objective):
         self._k: int | None = None
         self._epoch_counts: Tensor | None = None  # argmax counts of the cluster head in this epoch
         self._warned = False
+        self._gather = True  # whether the module's logits span the global batch (its gather_distributed)
 
     def check(self) -> None:
         super().check()
@@ -85,6 +88,15 @@ class MiniClusterSelfLabel(Objective):
 
     def on_setup(self, module: nn.Module) -> None:
         # before configure_optimizers: the mini head's prototypes train with everything else
+        if module.cluster_head is None:
+            raise ValueError("MiniClusterSelfLabel needs a known number of clusters (its mini head joins the "
+                             "optimizer at setup): set num_clusters to an integer, not 'auto'")
+        self._gather = bool(module.hparams.get("gather_distributed", True))
+        scale = module.hparams.get("cosine_scale", 10.0)
+        if scale < 50:
+            warnings.warn(f"MiniClusterSelfLabel with cosine_scale={scale}: the cluster head's logits are bounded by "
+                          "it and few images pass the 0.99 confidence; MiniClustering starts its heads at 100x "
+                          "(cosine_scale=100)", UserWarning, stacklevel=2)
         if self.mini_head is None:
             self._make_head(module.cluster_head.centroids.shape[1], module.device)
 
@@ -131,7 +143,7 @@ class MiniClusterSelfLabel(Objective):
             raise ValueError("MiniClusterSelfLabel's mini head is not initialised: train it inside "
                              "DebiasedClusterModule (its on_setup and on_train_epoch_start build and place it)")
         mini_a, mini_b = self.mini_head(step.h_a), self.mini_head(step.h_b)  # this process's rows
-        if world_size() > 1:  # the module's logits span the global batch: so must the mini head's
+        if self._gather and world_size() > 1:  # the module's logits span the global batch: so must these
             mini_a, mini_b = gather_with_grad(mini_a), gather_with_grad(mini_b)
         la, lb = step.logits["a"], step.logits["b"]
         with torch.no_grad():
