@@ -63,14 +63,13 @@ def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, p
     (closer to the fixed point). Returns ``log b``, or ``None`` when a column under- or
     overflowed (then the log-space iterations take over)."""
     g = torch.exp(log_g - log_g.max(dim=1, keepdim=True).values)  # (N, cols), every row's maximum 1
-    gt = g.t().contiguous()
     nc, b = n * torch.exp(log_c), torch.exp(log_b)
     powers = torch.ones_like(b)
     powers[:k] = power
     for it in range(max_iters):
         check = (it + 1) % CHECK_EVERY == 0 or it == max_iters - 1
         prev = b
-        b = torch.pow(nc / torch.mv(gt, torch.reciprocal(torch.mv(g, b))), powers)
+        b = torch.pow(nc / (torch.reciprocal(torch.mv(g, b)) @ g), powers)  # one copy of G: half the cache
         if check:
             change, bad = torch.stack([torch.linalg.vector_norm(b - prev),
                                        (~(torch.isfinite(b) & (b > 0)).all()).to(b.dtype)]).tolist()
