@@ -3,6 +3,7 @@ presets, the default digits run trains and reports, and DDP works from the comma
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,12 +98,19 @@ def test_cli_ddp_two_cpu_processes(tmp_path):
            f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for attempt in (1, 2):
-        try:  # about 15 s; one CI run (2026-12-06) hung once after the model summary and passed on every
-            # run since: a second try tells that rare start-up hang from a hang the code causes (which fails both)
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+        # about 15 s; one CI run (2026-12-06) hung once: rank 1 stuck forking a loader worker while
+        # another thread ran (fork after threads), rank 0 waiting on its loader. A second try tells that
+        # rare start-up hang from a hang the code causes (which fails both); a hung try's whole process
+        # group (both ranks, their workers) is killed
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=tmp_path, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=180)
             break
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             if attempt == 2:
                 raise
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "NMI" in result.stdout
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "NMI" in stdout
