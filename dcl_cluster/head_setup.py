@@ -123,7 +123,8 @@ class ClusterHeadSetup:
     def init_centroids(self, loader: Any = None) -> None:
         """Initialise a k-means initialised cluster head (Student-t centroids, cosine
         prototypes) and the cluster prior by k-means on the backbone features of the
-        training set, identically on every process.
+        training set, identically on every process; the terms' own k-means initialised heads
+        (:meth:`~dcl_cluster.objectives.Objective.kmeans_heads`) from the same features.
 
         Args:
             loader: Batches ``(x, ...)`` of un-augmented training images; default the
@@ -132,13 +133,22 @@ class ClusterHeadSetup:
         if loader is None:
             loader = self.training_images_loader("the cluster head is initialised (or call init_centroids(loader))")
         features = self.embed_loader(loader)
-        if getattr(self.cluster_head, "normalize_features", False):
+        sizes = self._place_by_kmeans(self.cluster_head, features)
+        self.cluster_prior.copy_((sizes / sizes.sum()).to(self.cluster_prior))
+        for term in self.objectives:
+            for head in term.kmeans_heads():
+                self._place_by_kmeans(head, features)
+
+    def _place_by_kmeans(self, head: Any, features: Tensor) -> Tensor:
+        """``head.init_centroids`` at the k-means centres (``head.num_clusters`` of them) of the
+        features (L2-normalised for a cosine head), rank 0's everywhere; returns the sizes."""
+        if getattr(head, "normalize_features", False):
             features = F.normalize(features, dim=1)
-        centers, sizes = kmeans_centroids(features, self.cluster_head.num_clusters, self.hparams.kmeans_n_init,
-                                         seed=self.hparams.get("kmeans_seed", 0))
+        centers, sizes = kmeans_centroids(features, head.num_clusters, self.hparams.kmeans_n_init,
+                                          seed=self.hparams.get("kmeans_seed", 0))
         centers = centers.to(self.device)
         if self._trainer is not None and self.trainer.world_size > 1:  # rank 0's result everywhere
             centers = self.trainer.strategy.broadcast(centers, src=0)
             sizes = self.trainer.strategy.broadcast(sizes, src=0)
-        self.cluster_head.init_centroids(centers)
-        self.cluster_prior.copy_((sizes / sizes.sum()).to(self.cluster_prior))
+        head.init_centroids(centers)
+        return sizes

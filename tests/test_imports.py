@@ -25,7 +25,7 @@ ALLOWED = {  # part -> the parts it may import (a part: a subpackage or a top-le
     "callbacks": {"cluster", "distributed", "metrics"},
     "report": {"cluster", "metrics"},
     "presets": {"objectives"},
-    "objectives": {"cluster", "distributed", "losses", "nn"},  # a term may own a head (MiniClusterSelfLabel)
+    "objectives": {"distributed", "losses", "nn"},  # a term may own a head (MiniClusterSelfLabel)
     "nn": {"losses"},
     "losses": {"distributed"},
     "cluster": {"distributed"},

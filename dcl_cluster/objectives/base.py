@@ -124,6 +124,12 @@ class Objective(nn.Module):
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
 
+    def kmeans_heads(self) -> list[nn.Module]:
+        """Heads of the term's own that start at k-means centres of the training features
+        (``num_clusters``, ``normalize_features``, ``init_centroids``); the module places them
+        with its own head, from the same features."""
+        return []
+
     def on_setup(self, module: nn.Module) -> None:
         """Called at the module's ``setup`` for fitting, before any data loader (and its
         workers) exists: hand the datamodule what the term will need (views, schedules)."""

@@ -6,10 +6,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcl_cluster.cluster.centroids import kmeans_centroids
 from dcl_cluster.distributed import gather_with_grad, world_size
 from dcl_cluster.losses.minicluster import minicluster_loss
 from dcl_cluster.nn.heads import CosineHead
@@ -125,23 +123,13 @@ class MiniClusterSelfLabel(Objective):
                           "re-weighted self-labelling has emptied them; lower the learning rate or the "
                           "cosine_scale, or pick another clustering term", UserWarning, stacklevel=2)
 
-    @torch.no_grad()
-    def on_train_epoch_start(self, module: nn.Module) -> None:
-        head = self.mini_head
-        if head is None or head.ready or not module.clustering_active:
-            return
-        features = module.embed_loader(module.training_images_loader("MiniClusterSelfLabel's mini head starts"))
-        centers, _ = kmeans_centroids(F.normalize(features, dim=1), head.num_clusters, module.hparams.kmeans_n_init,
-                                      seed=module.hparams.get("kmeans_seed", 0))
-        centers = centers.to(module.device)
-        if module.trainer.world_size > 1:  # rank 0's prototypes everywhere
-            centers = module.trainer.strategy.broadcast(centers, src=0)
-        head.init_centroids(centers)
+    def kmeans_heads(self) -> list[nn.Module]:
+        return [self.mini_head] if self.mini_head is not None and not self.mini_head.ready else []
 
     def forward(self, step: StepOutputs) -> Tensor:
         if self.mini_head is None or not self.mini_head.ready:
             raise ValueError("MiniClusterSelfLabel's mini head is not initialised: train it inside "
-                             "DebiasedClusterModule (its on_setup and on_train_epoch_start build and place it)")
+                             "DebiasedClusterModule (its on_setup builds it, the module's k-means places it)")
         mini_a, mini_b = self.mini_head(step.h_a), self.mini_head(step.h_b)  # this process's rows
         if self._gather and world_size() > 1:  # the module's logits span the global batch: so must these
             mini_a, mini_b = gather_with_grad(mini_a), gather_with_grad(mini_b)
