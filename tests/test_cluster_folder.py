@@ -259,6 +259,8 @@ def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(t
     used = {int(r["cluster"]) for r in rows}
     sheets = sorted(p.name for p in (run / "clusters").glob("cluster_*.png"))
     assert sheets == sorted([f"cluster_{c:03d}.png" for c in used] + ["cluster_sizes.png"])
+    page = (run / "report.html").read_text()  # beside predictions.csv, every used cluster on it
+    assert all(f'id="c{c}"' in page for c in used) and page.count('<section class="cluster"') == len(used)
 
 
 def test_predict_on_a_labelled_source_writes_the_label_column(tmp_path):
@@ -268,7 +270,8 @@ def test_predict_on_a_labelled_source_writes_the_label_column(tmp_path):
                                   labels=torch.tensor([2, 0, 0]), images=torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
     rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
     assert rows[0] == {"index": "0", "cluster": "0", "confidence": "0.9000", "label": "2"}
-    assert {f.name for f in files} == {"predictions.csv", "cluster_sizes.png", "cluster_000.png", "cluster_001.png"}
+    assert {f.name for f in files} == {"predictions.csv", "report.html", "cluster_sizes.png", "cluster_000.png",
+                                       "cluster_001.png"}
 
 
 def test_the_cluster_folder_example_runs_in_its_small_mode(tmp_path):
