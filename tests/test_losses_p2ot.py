@@ -55,17 +55,89 @@ class TestPartialOTTargets:
     @pytest.mark.parametrize("n,k", [(12, 4), (9, 2)])
     def test_matches_linear_scaling_iterations(self, rho, lam, n, k):
         logits = logits_of(n, k, seed=n * k)
-        expected = reference_partial_ot(logits.numpy(), rho, 0.1, lam)
-        np.testing.assert_allclose(partial_ot_targets(logits, rho, lam=lam).numpy(), expected, atol=1e-6, rtol=0)
+        # both run to the fixed point: at the default tol the solver's extrapolation stops nearer it
+        # than the loop does (test_the_default_stop_is_no_farther_from_the_fixed_point_than_the_loops)
+        expected = reference_partial_ot(logits.numpy(), rho, 0.1, lam, max_iters=20000, tol=1e-13)
+        got = partial_ot_targets(logits, rho, lam=lam, max_iters=20000, tol=1e-12)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-9, rtol=0)
+
+    @pytest.mark.parametrize("rho", [0.1, 0.5, 1.0])
+    @pytest.mark.parametrize("lam", [1.0, math.inf])
+    def test_the_default_stop_is_no_farther_from_the_fixed_point_than_the_loops(self, rho, lam):
+        logits = logits_of(30, 5, seed=21)
+        fixed_point = reference_partial_ot(logits.numpy(), rho, 0.1, lam, max_iters=20000, tol=1e-13)
+        loop_error = np.abs(reference_partial_ot(logits.numpy(), rho, 0.1, lam) - fixed_point).max()
+        error = np.abs(partial_ot_targets(logits, rho, lam=lam).numpy() - fixed_point).max()
+        # (where the loop contracts fast it stops within 1e-12; the solver's stop after a jump is
+        # then as near as the rule tol = 1e-6 resolves, ~1e-8 here)
+        assert error <= max(loop_error, 1e-7)
+
+    @pytest.mark.parametrize("rho", [0.1, 1.0])
+    def test_without_extrapolation_the_iterations_are_the_loops(self, rho, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        monkeypatch.setattr(pseudo_labels, "EXTRAPOLATE_LAST", 0)
+        logits = logits_of(12, 4, seed=3)
+        for iters in (40, 1000):  # mid-way (past two checks) and at the default stop
+            got = partial_ot_targets(logits, rho, max_iters=iters, tol=0.0 if iters == 40 else 1e-6)
+            expected = reference_partial_ot(logits.numpy(), rho, 0.1, 1.0, max_iters=iters,
+                                            tol=0.0 if iters == 40 else 1e-6)
+            # the solver stops at a check (every 16 iterations), at most 15 past the loop: 1e-6
+            np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-10 if iters == 40 else 1e-6)
+
+    def test_extrapolation_reaches_the_same_plan_in_a_fraction_of_the_iterations(self, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        logits = torch.nn.functional.normalize(logits_of(120, 6, seed=4), dim=1) * 10  # a cosine head
+        fixed_point = reference_partial_ot(logits.numpy(), 0.1, max_iters=20000, tol=1e-12)
+        mat_vecs = []
+        real_mv = torch.mv
+        monkeypatch.setattr(torch, "mv", lambda *a: mat_vecs.append(1) or real_mv(*a))
+        counts, shipped = {}, pseudo_labels.EXTRAPOLATE_LAST
+        for depth in (shipped, 0):
+            monkeypatch.setattr(pseudo_labels, "EXTRAPOLATE_LAST", depth)
+            mat_vecs.clear()
+            t = partial_ot_targets(logits, 0.1, max_iters=5000)
+            counts[depth] = len(mat_vecs)
+            np.testing.assert_allclose(t.numpy(), fixed_point, atol=1e-4 if depth else 2e-3, rtol=0)
+        assert counts[0] > 300 and counts[shipped] < counts[0] / 4
+
+    def test_failed_jumps_stop_the_extrapolation_and_the_plan_is_unchanged(self, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        logits = logits_of(60, 5, seed=9)
+        fixed_point = reference_partial_ot(logits.numpy(), 0.3, max_iters=20000, tol=1e-13)
+        jumps = []
+        # every jump lands far off (b multiplied by e^3 on one column): each one fails
+        monkeypatch.setattr(pseudo_labels, "_extrapolate",
+                            lambda h: jumps.append(1) or h[-1] + torch.eye(1, h.shape[1], dtype=h.dtype)[0] * 3)
+        t = partial_ot_targets(logits, 0.3, max_iters=5000, tol=1e-10)
+        assert len(jumps) == pseudo_labels.FAILED_JUMPS_ALLOWED
+        np.testing.assert_allclose(t.numpy(), fixed_point, atol=1e-7, rtol=0)
+
+    def test_extrapolation_of_geometric_iterates_is_their_limit(self):
+        from dcl_cluster.losses.pseudo_labels import _extrapolate
+
+        # x_{t+1} = A x_t + c with two modes (0.99 and 0.5): 5 steps determine the limit (I - A)^-1 c
+        rng = np.random.default_rng(0)
+        basis = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+        a = basis @ np.diag([0.99, 0.5, 0, 0, 0, 0]) @ basis.T
+        c = rng.normal(size=6)
+        xs = [rng.normal(size=6)]
+        for _ in range(5):
+            xs.append(a @ xs[-1] + c)
+        limit = np.linalg.solve(np.eye(6) - a, c)
+        # (the ridge of 1e-12 x the trace that keeps nearly parallel steps solvable costs ~1e-6 here)
+        np.testing.assert_allclose(_extrapolate(torch.tensor(np.array(xs))).numpy(), limit, rtol=1e-5)
 
     @pytest.mark.parametrize("rho", [0.3, 1.0])
     @pytest.mark.parametrize("lam", [1.0, math.inf])
     def test_a_size_prior_matches_the_loop_and_moves_the_sizes(self, rho, lam):
         logits = logits_of(40, 4, seed=11, scale=0.5)
         prior = [4.0, 2.0, 1.0, 1.0]  # normalised inside: 0.5, 0.25, 0.125, 0.125
-        got = partial_ot_targets(logits, rho, lam=lam, prior=torch.tensor(prior))
-        np.testing.assert_allclose(got.numpy(), reference_partial_ot(logits.numpy(), rho, 0.1, lam, prior=prior),
-                                   atol=1e-6, rtol=0)
+        got = partial_ot_targets(logits, rho, lam=lam, prior=torch.tensor(prior), max_iters=20000, tol=1e-12)
+        expected = reference_partial_ot(logits.numpy(), rho, 0.1, lam, prior=prior, max_iters=20000, tol=1e-13)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-9, rtol=0)  # both at the fixed point
         uniform = partial_ot_targets(logits, rho, lam=lam)
         assert got.sum(0)[0] > uniform.sum(0)[0] and got.sum(0)[3] < uniform.sum(0)[3]
         if math.isinf(lam):  # fixed sizes: exactly rho * N * pi

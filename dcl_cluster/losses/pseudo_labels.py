@@ -5,7 +5,9 @@ Progressive partial optimal transport (P²OT: Zhang, Ren and He, ICLR 2024, arXi
 zero-cost virtual cluster that takes the ``1 - rho`` of mass not yet trusted, with a KL
 relaxation of the cluster sizes so they may be imbalanced. Written from the paper's
 formulas; the scaling iterations run in float64, in linear space with each row of the kernel
-rescaled, and in log space where even that under- or overflows (so sharp heads cannot).
+rescaled, and in log space where even that under- or overflows (so sharp heads cannot); every
+16 iterations the linear ones jump to an extrapolation of their last iterates, which reaches the
+same fixed point in a fraction of the iterations.
 """
 
 from __future__ import annotations
@@ -50,6 +52,23 @@ def _log_diff_norm(log_b: Tensor, log_b_prev: Tensor) -> Tensor:
 
 #: scaling iterations between two host-side convergence checks (the loop queues up on a GPU)
 CHECK_EVERY = 16
+#: iterates of each check period that the extrapolation at its end combines (0: none)
+EXTRAPOLATE_LAST = 6
+#: extrapolations that left the change larger than before them, after which a solve stops jumping
+FAILED_JUMPS_ALLOWED = 3
+
+
+def _extrapolate(history: Tensor) -> Tensor:
+    """Reduced rank extrapolation (Sidi et al. 1977) of fixed-point iterates ``x_0..x_m``, rows of
+    ``history`` ``(m+1, cols)``: with the steps ``u_i = x_{i+1} - x_i``, the weights ``gamma``
+    (summing to 1) that minimise ``||sum_i gamma_i u_i||`` give ``sum_i gamma_i x_{i+1}``, the
+    fixed point where the iterates' error is a combination of ``m`` geometric modes. A fixed
+    point of the iterations stays one (its steps are 0). Runs on the device, no host sync."""
+    steps = torch.diff(history, dim=0)  # (m, cols)
+    gram = steps @ steps.T  # (m, m)
+    gram = gram + 1e-12 * gram.diagonal().sum() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    gamma, _ = torch.linalg.solve_ex(gram, torch.ones(len(gram), dtype=gram.dtype, device=gram.device))
+    return (gamma / gamma.sum()) @ history[1:]  # (cols,)
 
 
 def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power: float, max_iters: int,
@@ -60,16 +79,31 @@ def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, p
     underflows to zero; ``a`` is never formed (``b = N c / (G^T (1 / (G b)))``). The reference's
     stopping rule (``||b - b_prev||_2 < tol``) is read on the host every :data:`CHECK_EVERY`
     iterations, so a solve runs up to ``CHECK_EVERY - 1`` iterations past the reference's stop
-    (closer to the fixed point). Returns ``log b``, or ``None`` when a column under- or
-    overflowed (then the log-space iterations take over)."""
+    (closer to the fixed point).
+
+    At each check that does not stop, ``log b`` jumps to the extrapolation (:func:`_extrapolate`)
+    of the period's last :data:`EXTRAPOLATE_LAST` iterates: where the plain iterations contract
+    by 0.99 per step (a small ``rho``), this reaches the fixed point in about a tenth of the
+    iterations. The stopping rule is read on plain iterations only, so the fixed point and the
+    test are the reference's. A jump after which the change at the next check is larger than at
+    the check before it counts as failed; after :data:`FAILED_JUMPS_ALLOWED` of them the solve
+    goes on with plain iterations only (they converge from any positive ``b``). Returns
+    ``log b``, or ``None`` when a column under- or overflowed (then the log-space iterations
+    take over)."""
     g = torch.exp(log_g - log_g.max(dim=1, keepdim=True).values)  # (N, cols), every row's maximum 1
     nc, b = n * torch.exp(log_c), torch.exp(log_b)
     powers = torch.ones_like(b)
     powers[:k] = power
+    depth = min(EXTRAPOLATE_LAST, CHECK_EVERY) if b.dtype == torch.float64 else 0  # not in float32 (MPS)
+    history = b.new_empty(depth, len(b))  # (depth, cols): log b of the period's last iterates
+    last_change, jumped, failed = math.inf, False, 0
     for it in range(max_iters):
-        check = (it + 1) % CHECK_EVERY == 0 or it == max_iters - 1
+        pos = it % CHECK_EVERY
+        check = pos == CHECK_EVERY - 1 or it == max_iters - 1
         prev = b
         b = torch.pow(nc / (torch.reciprocal(torch.mv(g, b)) @ g), powers)  # one copy of G: half the cache
+        if depth > 1 and pos >= CHECK_EVERY - depth:
+            torch.log(b, out=history[pos - (CHECK_EVERY - depth)])
         if check:
             change, bad = torch.stack([torch.linalg.vector_norm(b - prev),
                                        (~(torch.isfinite(b) & (b > 0)).all()).to(b.dtype)]).tolist()
@@ -77,6 +111,14 @@ def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, p
                 return None
             if change < tol:
                 break
+            failed += jumped and change > last_change
+            if failed >= FAILED_JUMPS_ALLOWED:
+                depth = 0  # the jumps do not help this solve: plain iterations from here on
+            last_change, jumped = change, False
+            if depth > 1 and pos == CHECK_EVERY - 1:
+                guess = torch.exp(_extrapolate(history))
+                b = torch.where((torch.isfinite(guess) & (guess > 0)).all(), guess, b)
+                jumped = True
     return torch.log(b)
 
 
@@ -116,11 +158,13 @@ def partial_ot_targets(
     ``a = (1/N) / (G b)``, ``b = c / (G^T a)`` with
     ``c = [rho/K, ..., rho/K, 1 - rho]``, then ``b_k <- b_k^(lam / (lam + eps))`` for
     the K real clusters; from ``b = 1/(K+1)`` until ``||b - b_prev||_2 < tol`` (in linear
-    scale) or ``max_iters``. A last ``a`` update makes every row sum exactly ``1/N``, so
-    ``T = N Q[:, :K]`` has row sums ``<= 1`` (a row's sum is how much that sample is
-    trusted); the total ``T.sum()`` is ``rho * N`` at convergence. With ``rho = 1`` the
-    virtual column carries no mass and is left out. ``lam = math.inf`` with ``rho = 1``
-    is SeLa's balanced Sinkhorn.
+    scale) or ``max_iters``, with a jump to the extrapolated fixed point every 16 iterations
+    (the fixed point and the stopping rule stay the loop's; at the same ``tol`` the plan is as
+    near the fixed point as the rule resolves, far nearer than the loop's where that contracts
+    slowly). A last ``a`` update makes every row sum exactly ``1/N``, so ``T = N Q[:, :K]``
+    has row sums ``<= 1`` (a row's sum is how much that sample is trusted); the total
+    ``T.sum()`` is ``rho * N`` at convergence. With ``rho = 1`` the virtual column carries no
+    mass and is left out. ``lam = math.inf`` with ``rho = 1`` is SeLa's balanced Sinkhorn.
 
     Args:
         logits: Cluster-head logits, shape ``(N, K)``, ``K >= 2`` (a batch, possibly with
