@@ -194,9 +194,10 @@ def test_each_image_is_thumbnailed_once_for_the_page_and_the_sheets(tmp_path):
     assert Image.open(tmp_path / "clusters" / "cluster_000.png").size[0] > 2 * 5 * 80  # two halves of 5 columns
 
 
-def test_a_thumbnail_keeps_the_aspect_and_fits_the_side():
-    thumbs = Thumbnails(images=[np.zeros((10, 40, 3), dtype=np.uint8), torch.zeros(3, 200, 100)], side=32)
-    assert thumbs[0].size == (32, 8) and thumbs[1].size == (16, 32)
+def test_a_thumbnail_keeps_the_aspect_and_is_never_stored_larger_than_the_image():
+    thumbs = Thumbnails(images=[np.zeros((10, 20, 3), dtype=np.uint8), torch.zeros(3, 200, 100)], side=32)
+    assert thumbs[0].size == (20, 10) and thumbs.display_size(thumbs[0]) == (32, 16)
+    assert thumbs[1].size == (16, 32) and thumbs.display_size(thumbs[1]) == (16, 32)
 
 
 def _browser() -> str | None:

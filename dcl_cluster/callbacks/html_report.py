@@ -46,7 +46,9 @@ class Thumbnails:
     A readable file in ``paths`` is opened directly (a JPEG is decoded at reduced size,
     so large photos cost little); otherwise ``images[i]`` (uint8 ``(C, H, W)`` or
     ``(H, W, C)``, or floats in ``[0, 1]``). ``thumbs[i]`` is a PIL image whose longer side
-    is ``side`` pixels, or None when there is no image.
+    is ``side`` pixels, or the image itself when it is smaller (a 32 px image is not stored
+    at 96 px: whoever shows it scales it up, :meth:`display_size`), or None when there is
+    no image.
     """
 
     def __init__(self, images: Any = None, paths: Sequence[str] | None = None, side: int = 96) -> None:
@@ -62,7 +64,12 @@ class Thumbnails:
             self._cache[i] = self._make(i)
         return self._cache[i]
 
-    def jpeg_data_uri(self, i: int, quality: int = 80) -> str | None:
+    def display_size(self, thumb) -> tuple[int, int]:
+        """``(width, height)`` at which to show ``thumb``: its longer side ``side`` pixels."""
+        scale = self.side / max(thumb.size)
+        return max(1, round(thumb.size[0] * scale)), max(1, round(thumb.size[1] * scale))
+
+    def jpeg_data_uri(self, i: int, quality: int = 75) -> str | None:
         """The thumbnail as a ``data:image/jpeg;base64,...`` URI (None when there is no image)."""
         i = int(i)
         if i not in self._jpeg:
@@ -100,12 +107,14 @@ class Thumbnails:
 
 
 def _fit(pil, side: int):
-    """Scale so that the longer side is ``side``: down smoothly, up by whole pixels (tiny images stay sharp)."""
+    """Scale down so that the longer side is ``side`` (a smaller image is kept as it is)."""
     from PIL import Image
 
     scale = side / max(pil.size)
+    if scale >= 1:
+        return pil
     size = (max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale)))
-    return pil.resize(size, Image.LANCZOS if scale < 1 else Image.NEAREST)
+    return pil.resize(size, Image.LANCZOS)
 
 
 def cluster_members(clusters: torch.Tensor, confidence: torch.Tensor) -> dict[int, np.ndarray]:
@@ -143,7 +152,7 @@ def write_html_report(
     k_choice: dict[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
     class_counts: Sequence[int] | None = None,
-    per_group: int = 12,
+    per_group: int = 10,
     thumbnail: int = 96,
     seed: int = 0,
     thumbnails: Thumbnails | None = None,
@@ -218,16 +227,17 @@ color:#222;background:#fff}
 h1{font-size:22px}h2{font-size:18px;margin:0 0 6px}h3{font-size:14px;margin:10px 0 4px;color:#444}
 table{border-collapse:collapse;margin:6px 0}td,th{padding:2px 10px 2px 0;text-align:left;vertical-align:top}
 th{font-weight:600}td.num,th.num{text-align:right}
-.cluster{border-top:1px solid #ccc;padding:12px 0}
+.cluster{border-top:1px solid #ccc;padding:12px 0;content-visibility:auto;contain-intrinsic-size:auto 600px}
 .grid{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;width:calc(SIDEpx + 4px);font-size:11px}
 figure .img{width:SIDEpx;height:SIDEpx;display:flex;align-items:center;justify-content:center;background:#f2f2f2}
-figure img{max-width:SIDEpx;max-height:SIDEpx}
+figure img{image-rendering:pixelated}
 figcaption{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .p{color:#555}.lab{color:#06c}
 .mix{display:flex;height:14px;width:100%;max-width:600px;border:1px solid #999;margin:4px 0}
 .mix span{display:block;height:100%}
 .note{color:#555;font-size:12px}
+.labelmix ul{display:flex;flex-wrap:wrap;gap:0 14px;list-style:none;padding:0;margin:2px 0}
 nav a{margin-right:6px}
 """
 
@@ -415,8 +425,12 @@ def _mix_html(mix: list[tuple[int, int]], names, shown: int = 8) -> str:
 def _figure(i: int, p: float, labels: torch.Tensor | None, names, thumbs: Thumbnails, shown: _PathsShown) -> str:
     name, where, href = shown(i)
     uri = thumbs.jpeg_data_uri(i)
-    img = (f'<img src="{uri}" alt="{html.escape(name)}" loading="lazy">' if uri is not None
-           else '<span class="note">no image</span>')
+    if uri is not None:
+        w, h = thumbs.display_size(thumbs[i])
+        img = f'<img src="{uri}" width="{w}" height="{h}" alt="{html.escape(name)}" loading="lazy">'
+    else:
+        img = '<span class="note">no image</span>'
+
     if href is not None:
         img = f'<a href="{html.escape(href)}">{img}</a>'
     label = ""

@@ -55,7 +55,7 @@ class ClusterPredictionWriter(Callback):
     """
 
     def __init__(self, output_dir: str | os.PathLike, num_clusters: int | None = None, per_sheet: int = 15,
-                 thumbnail: int = 96, per_group: int = 12) -> None:
+                 thumbnail: int = 96, per_group: int = 10) -> None:
         if per_sheet < 1 or thumbnail < 4 or per_group < 1:
             raise ValueError(f"per_sheet and per_group must be >= 1 and thumbnail >= 4, got {per_sheet}, "
                              f"{per_group} and {thumbnail}")
@@ -147,7 +147,7 @@ def write_cluster_results(output_dir: str | os.PathLike, clusters: torch.Tensor,
                           labels: torch.Tensor | None = None, paths: list[str] | None = None, images: Any = None,
                           per_sheet: int = 15, thumbnail: int = 96, *, summary: dict[str, Any] | None = None,
                           k_choice: dict[str, Any] | None = None, class_names: list[str] | None = None,
-                          class_counts: list[int] | None = None, per_group: int = 12, seed: int = 0) -> list[Path]:
+                          class_counts: list[int] | None = None, per_group: int = 10, seed: int = 0) -> list[Path]:
     """Write ``predictions.csv`` (``path`` or ``index``, ``cluster``, ``confidence``, and ``label``
     when any label is >= 0), ``report.html`` (:func:`~dcl_cluster.callbacks.html_report.write_html_report`:
     ``summary``, ``k_choice``, ``class_names``, ``class_counts``, ``per_group`` and ``seed`` go
@@ -190,7 +190,7 @@ def write_cluster_results(output_dir: str | os.PathLike, clusters: torch.Tensor,
                       (f"a random {len(picked)} of the other {len(rest)}", rest[picked])]
             sheet = _contact_sheet(f"cluster {k}: {len(m)} images", halves, confidence, paths, thumbs)
             path = out / "clusters" / f"cluster_{k:03d}.png"
-            sheet.save(path)
+            sheet.save(path, compress_level=3)  # zlib's default 6 took twice as long for 7% less
             files.append(path)
     return files
 
@@ -233,6 +233,7 @@ def _contact_sheet(title: str, halves: list[tuple[str, np.ndarray]], confidence:
             x, y = x0 + (n % cols) * cell_w, 2 * line + 16 + (n // cols) * cell_h
             thumb = thumbs[i]
             if thumb is not None:
+                thumb = thumb.resize(thumbs.display_size(thumb), Image.NEAREST)  # small images: scaled up
                 sheet.paste(thumb, (x + (side - thumb.size[0]) // 2, y + (side - thumb.size[1]) // 2))
             name = os.path.basename(paths[i]) if paths is not None else f"#{i}"
             draw.text((x, y + side + 2), _fit_text(draw, name, font, cell_w - 6), fill="black", font=font)
