@@ -5,7 +5,9 @@ Data: cluster sizes falling geometrically (IF 100) over K clusters, random confi
 labels; the images are real CIFAR-10 test images (32 px, from ``../shared/data``, tiled to N;
 synthetic gradients where that copy is absent), held in memory as ``predict`` holds an array
 source, and, for the "photos" rows, files on disk: 640 x 480 JPEGs (CIFAR images upscaled),
-``files`` distinct ones cycled over the N paths, as a photo folder gives them.
+``files`` distinct ones cycled over the N paths, as a photo folder gives them. Where a
+``chromium`` binary is found, the time it takes to load the page and screenshot it (headless,
+a 1280 x 900 window) is the "opens in" column.
 
     python -m benchmarks.report_html            # about a minute on one thread
     python -m benchmarks.report_html --smoke    # seconds, writes nothing
@@ -19,6 +21,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -90,13 +94,22 @@ def measure(k: int, n: int, source: str, files: int, workdir: Path) -> dict:
     written = write_cluster_results(workdir / "all", clusters, confidence, labels, paths, arrays, class_names=names)
     all_s = time.perf_counter() - start
     text = page.read_text()
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser_s = None
+    if browser:
+        start = time.perf_counter()
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                        f"--user-data-dir={workdir / 'profile'}", f"--screenshot={workdir / 'shot.png'}",
+                        page.as_uri()], capture_output=True, timeout=300)
+        browser_s = round(time.perf_counter() - start, 2) if (workdir / "shot.png").is_file() else None
     return {"clusters": k, "images": n, "source": f"{what} as " + ("640x480 JPEG files" if source == "photos"
                                                                     else "arrays in memory"),
             "distinct_files": len(set(paths)) if source == "photos" else None,
             "smallest_cluster": int(torch.bincount(clusters).min()),
             "largest_cluster": int(torch.bincount(clusters).max()),
             "thumbnails": text.count("data:image/jpeg;base64,"), "report_bytes": page.stat().st_size,
-            "report_s": round(page_s, 2), "predict_files": len(written), "predict_s": round(all_s, 2)}
+            "report_s": round(page_s, 2), "predict_files": len(written), "predict_s": round(all_s, 2),
+            "chromium_screenshot_s": browser_s}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -234,3 +234,11 @@ def test_the_page_renders_in_headless_chromium_with_every_cluster(tmp_path):
     page = Page(dom)
     assert page.by_id["cluster-count"] == "4" and len(page.sections) == 4
     assert sum(len(s["members"]) for s in page.sections.values()) == 12 + 12 + 6 + 2
+
+
+def test_the_report_benchmark_runs_at_a_tiny_size():
+    from benchmarks import report_html
+
+    rows = report_html.main(["--smoke"])
+    assert [row["clusters"] for row in rows] == [3, 3]
+    assert all(row["thumbnails"] <= 3 * 30 and row["report_bytes"] > 0 for row in rows)
