@@ -223,10 +223,23 @@ def _transport_contenders(logits: torch.Tensor, rho: float, iters: int) -> dict:
             "floor": floor}
 
 
+def _counting_iterations(solve, *args):
+    """``solve(*args)`` and its scaling iterations, counted (untimed): ``partial_ot_targets`` calls
+    ``torch.mv`` once per iteration (``G b``) and nowhere else."""
+    calls, real = [], torch.mv
+    torch.mv = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        result = solve(*args)
+    finally:
+        torch.mv = real
+    return result, len(calls)
+
+
 def bench_transport(cases, repeats) -> list[dict]:
     """Cold solves of ``partial_ot_targets`` against :func:`p2ot_paper_loop` on the same logits
     (a cosine head's: normalised rows x 10), one thread; and the floor: the iterations the
-    paper's loop needed times two float64 mat-vecs over the kernel, timed alone."""
+    paper's loop needed times two float64 mat-vecs over the kernel, timed alone. Both plans are
+    also compared with the fixed point (the paper's loop run to a change below 1e-11)."""
     from dcl_cluster.losses import partial_ot_targets
 
     threads = torch.get_num_threads()
@@ -236,13 +249,18 @@ def bench_transport(cases, repeats) -> list[dict]:
         for n, k, rho in cases:
             g = torch.Generator().manual_seed(n + k)
             logits = torch.nn.functional.normalize(torch.randn(n, k, generator=g), dim=1) * 10
-            ours = partial_ot_targets(logits, rho)
+            ours, ours_iters = _counting_iterations(partial_ot_targets, logits, rho)
             theirs, iters = p2ot_paper_loop(logits, rho)
+            fixed_point, _ = p2ot_paper_loop(logits, rho, max_iters=50_000, tol=1e-11)
             times = interleaved_medians(_transport_contenders(logits, rho, iters), repeats)
-            row = {"N": n, "K": k, "rho": rho, "iterations": iters, "ours_s": times["ours"],
-                   "paper_s": times["paper"], "floor_s": times["floor"],
+            floor_at_ours = times["floor"] * ours_iters / iters  # the same two mat-vecs, our count of them
+            row = {"N": n, "K": k, "rho": rho, "iterations": iters, "ours_iterations": ours_iters,
+                   "ours_s": times["ours"], "paper_s": times["paper"], "floor_s": times["floor"],
                    "speedup": times["paper"] / times["ours"], "ours_over_floor": times["ours"] / times["floor"],
-                   "max_plan_diff": float((ours.double() - theirs).abs().max())}
+                   "ours_over_floor_at_ours": times["ours"] / floor_at_ours,
+                   "max_plan_diff": float((ours.double() - theirs).abs().max()),
+                   "ours_to_fixed_point": float((ours.double() - fixed_point).abs().max()),
+                   "paper_to_fixed_point": float((theirs - fixed_point).abs().max())}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:

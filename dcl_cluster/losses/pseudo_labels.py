@@ -71,12 +71,28 @@ def _extrapolate(history: Tensor) -> Tensor:
     return (gamma / gamma.sum()) @ history[1:]  # (cols,)
 
 
-def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power: float, max_iters: int,
+def _rescaled_kernel(x: Tensor, epsilon: float, cols: int) -> Tensor:
+    """``G = exp(-C / eps)`` for logits ``x`` ``(N, K)``, each row divided by its largest entry
+    (absorbed into ``a``, which leaves ``b`` exactly as without it), so no row underflows to zero:
+    ``exp((x - max x) / eps)``; with the virtual column (``cols = K + 1``, cost 0, the largest
+    entry of every row), ``[P^(1/eps) | 1]``. Element-wise passes and row maxima only: a
+    ``log_softmax`` over a short last dimension costs more than the whole solve on a CPU."""
+    n, k = x.shape
+    shifted = x - x.amax(dim=1, keepdim=True)  # (N, K), each row's maximum 0
+    g = x.new_empty(n, cols)
+    torch.exp(shifted / epsilon, out=g[:, :k])
+    if cols > k:
+        log_sum = torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))  # (N, 1): log sum_j e^(x_j - max x)
+        g[:, :k] *= torch.exp(-log_sum / epsilon)  # P^(1/eps) = e^((x - max x - log_sum) / eps)
+        g[:, k] = 1.0
+    return g
+
+
+def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power: float, max_iters: int,
                   tol: float) -> Tensor | None:
-    """The scaling iterations in linear space: per iteration two mat-vecs over ``G`` and three
-    element-wise passes over ``K + 1`` numbers. ``G`` is stored with each row divided by its
-    largest entry (absorbed into ``a``, which leaves ``b`` exactly as without it), so no row
-    underflows to zero; ``a`` is never formed (``b = N c / (G^T (1 / (G b)))``). The reference's
+    """The scaling iterations in linear space, on the kernel of :func:`_rescaled_kernel`: per
+    iteration two mat-vecs over ``G`` and three element-wise passes over ``K + 1`` numbers.
+    ``a`` is never formed (``b = N c / (G^T (1 / (G b)))``). The reference's
     stopping rule (``||b - b_prev||_2 < tol``) is read on the host every :data:`CHECK_EVERY`
     iterations, so a solve runs up to ``CHECK_EVERY - 1`` iterations past the reference's stop
     (closer to the fixed point).
@@ -90,7 +106,6 @@ def _scale_linear(log_g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, p
     goes on with plain iterations only (they converge from any positive ``b``). Returns
     ``log b``, or ``None`` when a column under- or overflowed (then the log-space iterations
     take over)."""
-    g = torch.exp(log_g - log_g.max(dim=1, keepdim=True).values)  # (N, cols), every row's maximum 1
     nc, b = n * torch.exp(log_c), torch.exp(log_b)
     powers = torch.ones_like(b)
     powers[:k] = power
@@ -218,10 +233,8 @@ def partial_ot_targets(
     work = torch.float32 if logits.device.type == "mps" else torch.float64  # MPS has no float64
     power = 1.0 if math.isinf(lam) else lam / (lam + epsilon)
     with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):
-        log_g = torch.log_softmax(logits.detach().to(work), dim=1) / epsilon  # (N, K): -C / eps
+        x = logits.detach().to(work)
         cols = k if rho == 1 else k + 1  # with rho = 1 the virtual column has no mass
-        if cols == k + 1:
-            log_g = torch.cat([log_g, log_g.new_zeros(n, 1)], dim=1)  # (N, K+1)
         log_c = torch.full((cols,), math.log(rho / k), dtype=work, device=logits.device)
         if prior is not None:
             pi = prior.detach().to(device=logits.device, dtype=work)
@@ -232,11 +245,20 @@ def partial_ot_targets(
             log_b = torch.full((cols,), -math.log(k + 1), dtype=work, device=logits.device)
         else:
             log_b = init_log_b.detach().to(device=logits.device, dtype=work)[:cols].clone()
-        log_row = -math.log(n)
-        scaled = _scale_linear(log_g, log_c, log_b, k, n, power, max_iters, tol)
-        log_b = scaled if scaled is not None else _scale_log(log_g, log_c, log_b, k, log_row, power, max_iters, tol)
-        log_a = log_row - torch.logsumexp(log_g + log_b, dim=1)
-        targets = (n * torch.exp(log_a[:, None] + log_g[:, :k] + log_b[:k])).to(out_dtype)  # (N, K)
+        g = _rescaled_kernel(x, epsilon, cols)  # (N, cols)
+        scaled = _scale_linear(g, log_c, log_b, k, n, power, max_iters, tol)
+        if scaled is not None:
+            log_b, b = scaled, torch.exp(scaled)
+            targets = g[:, :k] * b[:k] / (g @ b)[:, None]  # N a G b with a = (1/N) / (G b): (N, K)
+        else:
+            log_g = torch.log_softmax(x, dim=1) / epsilon  # (N, K): -C / eps
+            if cols == k + 1:
+                log_g = torch.cat([log_g, log_g.new_zeros(n, 1)], dim=1)  # (N, K+1)
+            log_row = -math.log(n)
+            log_b = _scale_log(log_g, log_c, log_b, k, log_row, power, max_iters, tol)
+            log_a = log_row - torch.logsumexp(log_g + log_b, dim=1)
+            targets = n * torch.exp(log_a[:, None] + log_g[:, :k] + log_b[:k])  # (N, K)
+        targets = targets.to(out_dtype)
         if not return_log_b:
             return targets
         if cols == k:
