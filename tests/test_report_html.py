@@ -99,6 +99,12 @@ def test_every_cluster_is_a_section_with_its_size_and_its_capped_members(tmp_pat
             assert m["src"].startswith("data:image/jpeg;base64,") and m["name"] == f"#{m['index']}"
 
 
+def test_the_same_predictions_give_the_same_page(tmp_path):
+    clusters, confidence, images = _toy((30, 12))
+    first = write_html_report(tmp_path / "a", clusters, confidence, images=images).read_text()
+    assert write_html_report(tmp_path / "b", clusters, confidence, images=images).read_text() == first
+
+
 def test_the_groups_are_disjoint_and_the_random_sample_is_seeded():
     members = np.arange(100)
     a = member_groups(members, 10, np.random.default_rng([0, 3]))

@@ -18,7 +18,6 @@ import html
 import io
 import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -189,7 +188,6 @@ def write_html_report(
     """
     if per_group < 1:
         raise ValueError(f"per_group must be >= 1, got {per_group}")
-    start = time.perf_counter()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     clusters, confidence = clusters.reshape(-1).long().cpu(), confidence.reshape(-1).float().cpu()
@@ -211,9 +209,8 @@ def write_html_report(
         groups = member_groups(m, per_group, np.random.default_rng([seed, k]))
         parts.append(_cluster_section(k, m, groups, confidence, labels if with_labels else None, mix.get(k),
                                       names, thumbs, shown, len(clusters)))
-    seconds = time.perf_counter() - start
-    parts.append(f'<footer><p>Written by dcl_cluster in {seconds:.1f} s. Every image and its cluster: '
-                 f'<a href="predictions.csv">predictions.csv</a>.</p></footer>\n</body>\n</html>\n')
+    parts.append('<footer><p class="note">Written by dcl_cluster. Every image and its cluster: '
+                 '<a href="predictions.csv">predictions.csv</a>.</p></footer>\n</body>\n</html>\n')
     path = out / filename
     path.write_text("".join(parts), encoding="utf-8")
     return path
