@@ -110,7 +110,7 @@ def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power
     powers = torch.ones_like(b)
     powers[:k] = power
     depth = min(EXTRAPOLATE_LAST, CHECK_EVERY) if b.dtype == torch.float64 else 0  # not in float32 (MPS)
-    history = b.new_empty(depth, len(b))  # (depth, cols): log b of the period's last iterates
+    recent: list[Tensor] = []  # b of the period's last iterates (fresh tensors: kept, not copied)
     last_change, jumped, failed = math.inf, False, 0
     for it in range(max_iters):
         pos = it % CHECK_EVERY
@@ -118,7 +118,7 @@ def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power
         prev = b
         b = torch.pow(nc / (torch.reciprocal(torch.mv(g, b)) @ g), powers)  # one copy of G: half the cache
         if depth > 1 and pos >= CHECK_EVERY - depth:
-            torch.log(b, out=history[pos - (CHECK_EVERY - depth)])
+            recent.append(b)
         if check:
             change, bad = torch.stack([torch.linalg.vector_norm(b - prev),
                                        (~(torch.isfinite(b) & (b > 0)).all()).to(b.dtype)]).tolist()
@@ -129,9 +129,9 @@ def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power
             failed += jumped and change > last_change
             if failed >= FAILED_JUMPS_ALLOWED:
                 depth = 0  # the jumps do not help this solve: plain iterations from here on
-            last_change, jumped = change, False
+            last_change, jumped, recent = change, False, []
             if depth > 1 and pos == CHECK_EVERY - 1:
-                guess = torch.exp(_extrapolate(history))
+                guess = torch.exp(_extrapolate(torch.log(torch.stack(recent))))  # (cols,)
                 b = torch.where((torch.isfinite(guess) & (guess > 0)).all(), guess, b)
                 jumped = True
     return torch.log(b)
