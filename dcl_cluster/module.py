@@ -262,7 +262,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
                              "datamodule that has num_channels, image_size and num_classes (LongTailDataModule has)")
         if self.projector is None or (self.head_kind is not None and self.cluster_head is None):
             self._build(facts["in_channels"], facts["input_size"], facts["num_clusters"])
-        if stage == "fit" and hp.num_clusters == "auto":
+        if stage == "fit":
             self._check_max_clusters(dm)
         for term in self.objectives:
             term.check()
@@ -277,10 +277,15 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
                 term.on_setup(self)
 
     def _check_max_clusters(self, dm: Any) -> None:
-        """``max_clusters`` (``num_clusters="auto"``) must not exceed the training images."""
+        """``max_clusters`` (``num_clusters="auto"``), or a cluster head's ``num_clusters``, must not
+        exceed the training images: checked at setup, not after the warm-up."""
         dataset = getattr(dm, "train_eval_dataset", None)
         n = len(dataset) if dataset is not None else None
-        if n is not None and self.hparams.max_clusters > n:
+        k = getattr(self.cluster_head, "num_clusters", None)
+        if n is not None and isinstance(k, int) and k > n:
+            raise ValueError(f"num_clusters={k} is more than the {n} training images (a cluster needs one image "
+                             f"at least); use num_clusters <= {n}")
+        if n is not None and self.hparams.num_clusters == "auto" and self.hparams.max_clusters > n:
             raise ValueError(f"max_clusters={self.hparams.max_clusters} is above the number of training images "
                              f"({n}); use max_clusters <= {n}")
 
