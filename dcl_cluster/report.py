@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from dcl_cluster.cluster import KMeans
@@ -105,7 +106,7 @@ def unlabelled_report(model: torch.nn.Module, datamodule: Any, log_dir: str | No
         for source, d in by_source.items():
             table.add_row(split, source, str(int(d["clusters_used"])), _sizes_cell(d["cluster_sizes"]),
                           _cell(d.get("mean_confidence")), _cell(d["silhouette"]))
-    Console().print(table)
+    print_table(table)
     _write_report(report, log_dir, "diagnostics")
     return report
 
@@ -159,9 +160,19 @@ def final_report(trainer: Any, model: torch.nn.Module, datamodule: Any) -> dict[
     for split, by_source in report.items():
         for source, scores in by_source.items():
             table.add_row(split, source, *(_cell(scores.get(c)) for c in _COLUMNS))
-    Console().print(table)
+    print_table(table)
     _write_report(report, log_dir, "scores")
     return report
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` whole: on a terminal at the terminal's width; into a pipe or a log file
+    (where rich would assume 80 columns and cut cells to ``0.3…``) as wide as the table needs."""
+    console = Console()
+    if not console.is_terminal:
+        needed = Measurement.get(console, console.options.update(width=1000), table).maximum
+        console = Console(width=max(console.width, needed))
+    console.print(table)
 
 
 def _write_report(report: dict, log_dir: str | Path | None, what: str) -> None:
