@@ -248,3 +248,31 @@ def test_the_report_benchmark_runs_at_a_tiny_size():
     rows = report_html.main(["--smoke"])
     assert [row["clusters"] for row in rows] == [3, 3]
     assert all(row["thumbnails"] <= 3 * 30 and row["report_bytes"] > 0 for row in rows)
+
+
+def test_predict_through_the_callback_writes_the_page_with_the_modules_k_choice(tmp_path):
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dcl_cluster.callbacks import ClusterPredictionWriter
+
+    class Probs(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Identity()
+            self.k_choice = {"chosen": 3, "how": "estimated", "k": [2, 3, 4], "score": [0.2, 0.6, 0.4],
+                             "score_name": "silhouette"}
+
+        def predict_step(self, batch, batch_idx):
+            return {"cluster_probs": torch.softmax(batch[0] * 5, dim=1)}
+
+    x = torch.eye(3).repeat(4, 1)  # (12, 3): four images of each cluster
+    loader = DataLoader(TensorDataset(x, torch.arange(12) % 3), batch_size=5)
+    writer = ClusterPredictionWriter(tmp_path)
+    pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[writer]).predict(Probs(), loader)
+    page = Page((tmp_path / "report.html").read_text())
+    assert page.by_id["cluster-count"] == "3" and all(s["size"] == 4 for s in page.sections.values())
+    assert "3, estimated" in page.by_id["summary"] and "Identity" in page.by_id["summary"]
+    assert len([a for tag, a in page.tags if tag == "circle"]) == 3
+    assert "1.000" in page.by_id["scores"]  # NMI of a perfect clustering

@@ -38,8 +38,8 @@ class ClusterPredictionWriter(Callback):
     The report's summary names the data (the datamodule's ``hparams`` ``dataset`` and
     ``data_dir`` when it has them) and the encoder (the module's ``backbone``), and takes the
     class names and training class counts from the datamodule's ``class_names`` and
-    ``train_class_counts``. When the module has a ``k_choice`` attribute (a dict, see
-    :func:`write_cluster_results`), the report shows how K was chosen.
+    ``train_class_counts``. When the module has a ``k_choice`` attribute or hyperparameter
+    (a dict, see :func:`write_cluster_results`), the report shows how K was chosen.
 
     Args:
         output_dir: Folder of the files (created).
@@ -112,7 +112,7 @@ class ClusterPredictionWriter(Callback):
         paths = getattr(dm, "predict_paths", None)
         dataset = getattr(dm, "predict_dataset", None)
         images = getattr(dataset, "images", None)
-        k_choice = getattr(pl_module, "k_choice", None)
+        k_choice = getattr(pl_module, "k_choice", None) or getattr(pl_module, "hparams", {}).get("k_choice")
         labelled = labels is not None and bool((labels >= 0).any())
         self.files = write_cluster_results(self.output_dir, clusters, confidence, labels,
                                            paths if paths is not None and len(paths) == len(clusters) else None,
