@@ -5,8 +5,9 @@ Runs the two commands of the guide (docs/guides/cluster-folder.md) in this proce
     dcl-cluster fit --config examples/configs/cluster_folder.yaml --data.data_dir PHOTOS
     dcl-cluster predict --config RUN/config.yaml --ckpt_path RUN/checkpoints/last.ckpt
 
-and prints where ``predictions.csv``, the contact sheets ``clusters/cluster_<k>.png`` and the
-chart ``clusters/cluster_sizes.png`` are.
+and prints where ``predictions.csv``, ``report.html`` (every cluster on one page, to open in a
+browser), the contact sheets ``clusters/cluster_<k>.png`` and the chart
+``clusters/cluster_sizes.png`` are.
 
     python examples/cluster_folder.py --data-dir path/to/photos
     python examples/cluster_folder.py --smoke     # a generated folder of shapes, a few epochs
@@ -88,8 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     run = checkpoint.parent.parent
     dcl_cluster(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint)])
     pictures = sorted((run / "clusters").glob("*.png"))
-    print(f"run folder: {run}\npredictions: {run / 'predictions.csv'}\npictures: {len(pictures)} in {run / 'clusters'}")
-    return {"run": run, "csv": run / "predictions.csv", "pictures": pictures}
+    print(f"run folder: {run}\npredictions: {run / 'predictions.csv'}\nreport: {run / 'report.html'}\n"
+          f"pictures: {len(pictures)} in {run / 'clusters'}")
+    return {"run": run, "csv": run / "predictions.csv", "report": run / "report.html", "pictures": pictures}
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_predict_on_a_labelled_source_writes_the_label_column(tmp_path):
 
 def test_the_cluster_folder_example_runs_in_its_small_mode(tmp_path):
     result = load_example("cluster_folder").main(["--smoke", "--out", str(tmp_path)])
-    assert result["csv"].is_file() and len(result["pictures"]) >= 3
+    assert result["csv"].is_file() and result["report"].is_file() and len(result["pictures"]) >= 3
 
 
 def test_an_auto_run_resumes_from_the_command_line_after_the_estimate(tmp_path):
