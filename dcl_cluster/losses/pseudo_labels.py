@@ -129,11 +129,12 @@ def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power
             failed += jumped and change > last_change
             if failed >= FAILED_JUMPS_ALLOWED:
                 depth = 0  # the jumps do not help this solve: plain iterations from here on
-            last_change, jumped, recent = change, False, []
+            last_change, jumped = change, False
             if depth > 1 and pos == CHECK_EVERY - 1:
                 guess = torch.exp(_extrapolate(torch.log(torch.stack(recent))))  # (cols,)
                 b = torch.where((torch.isfinite(guess) & (guess > 0)).all(), guess, b)
                 jumped = True
+            recent = []
     return torch.log(b)
 
 
