@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -34,7 +34,8 @@ from dcl_cluster.data.folders import UnreadableImageError
 from dcl_cluster.module import DebiasedClusterModule
 from dcl_cluster.report import final_report
 
-__all__ = ["DCLClusterCLI", "RunCheckpoint", "check_checkpoint", "find_last_checkpoint", "main", "runs_root"]
+__all__ = ["DCLClusterCLI", "PREDICTION_OUTPUTS", "RunCheckpoint", "check_checkpoint", "clear_previous_predictions",
+           "find_last_checkpoint", "main", "predictions_folder", "runs_root"]
 
 DESCRIPTION = (
     "dcl-cluster: joint debiased contrastive learning and clustering on long-tailed images. "
@@ -84,9 +85,14 @@ class RunCheckpoint(ModelCheckpoint):
         (restoring would only warn that the folder changed)."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """On an interruption (not on errors, whose state may be broken): save the state at the
-        stop when it is newer than last.ckpt, and say where both are."""
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit":
+        """On an interruption: save the state at the stop when it is newer than last.ckpt, and
+        say where both are. On an error (whose state may be broken): mark the run as failed
+        (:data:`FAILED_MARKER` beside its last.ckpt), so that ``--ckpt_path last`` skips it."""
+        if trainer.state.fn != "fit":
+            return
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            if trainer.is_global_zero:
+                mark_failed_run(self.dirpath, exception)
             return
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
         lines = [f"{what}: training stopped at epoch {trainer.current_epoch}, step {trainer.global_step}"]
@@ -108,11 +114,35 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+FAILED_MARKER = "failed.txt"  # beside the last.ckpt of a run that ended in an error: the error's first line
+
+
+def mark_failed_run(checkpoint_dir: str | os.PathLike | None, error: BaseException) -> None:
+    """Write :data:`FAILED_MARKER` into ``checkpoint_dir`` when it holds a ``last.ckpt`` (a run
+    without one has nothing for ``--ckpt_path last`` to pick)."""
+    if checkpoint_dir and (Path(checkpoint_dir) / "last.ckpt").is_file():
+        try:
+            (Path(checkpoint_dir) / FAILED_MARKER).write_text(
+                f"this run ended in an error; --ckpt_path last skips it\n{type(error).__name__}: "
+                f"{_first_sentence(error)}\n")
+        except OSError:
+            pass  # the error being reported matters more than the marker
+
+
+def failed_run_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The ``last.ckpt`` files under ``root`` of runs that ended in an error (marked by
+    :func:`mark_failed_run`)."""
+    root = Path(root)
+    found = root.glob("**/last.ckpt") if root.is_dir() else []
+    return sorted(p for p in found if (p.parent / FAILED_MARKER).is_file())
+
+
 def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
     """The most recently written ``last.ckpt`` under ``root`` (a logger's root holding
-    ``version_*/checkpoints/``, or a run folder), or None."""
+    ``version_*/checkpoints/``, or a run folder) of a run that did not end in an error, or None."""
     root = Path(root)
-    found = [p for p in root.glob("**/last.ckpt") if p.is_file()] if root.is_dir() else []
+    found = [p for p in root.glob("**/last.ckpt") if p.is_file() and not (p.parent / FAILED_MARKER).is_file()] \
+        if root.is_dir() else []
     return max(found, key=lambda p: (p.stat().st_mtime, _version_number(p)), default=None)
 
 
@@ -129,6 +159,97 @@ def runs_root(trainer_config) -> Path:
     save_dir = Path(init_args.get("save_dir") or init_args.get("root_dir") or default_root)
     name = init_args.get("name", "lightning_logs")
     return save_dir / name if name else save_dir
+
+
+def logger_follows_root_dir(trainer_config) -> None:
+    """A logger whose ``save_dir`` is not given (None) writes under ``trainer.default_root_dir``
+    (else the working directory): ``--trainer.default_root_dir X`` decides where a run goes
+    unless a logger's ``save_dir`` is named. Fills the parsed configuration in place."""
+    loggers = trainer_config.get("logger")
+    root = trainer_config.get("default_root_dir") or "."
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = logger.get("class_path") if hasattr(logger, "get") else None
+        if not isinstance(class_path, str) or "save_dir" not in _init_arguments(class_path):
+            continue
+        if logger.get("init_args") is None:
+            logger["init_args"] = type(logger)()
+        if logger["init_args"].get("save_dir") is None:
+            logger["init_args"]["save_dir"] = str(root)
+
+
+def predictions_folder(config) -> Path:
+    """Where ``predict`` writes, for a parsed subcommand configuration: ``--predictions_dir``, else
+    the run folder of ``--ckpt_path`` (the folder above ``checkpoints/``, or the checkpoint's
+    folder), else ``<default_root_dir>/predictions``."""
+    if config.get("predictions_dir"):
+        return Path(config["predictions_dir"]).expanduser()
+    ckpt = config.get("ckpt_path")
+    if ckpt and Path(ckpt).is_file():
+        folder = Path(ckpt).resolve().parent
+        return folder.parent if folder.name == "checkpoints" else folder
+    trainer_config = config.get("trainer") or {}
+    return Path(trainer_config.get("default_root_dir") or os.getcwd()) / "predictions"
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str, option: str) -> None:
+    """Raise one error, before any work, when ``folder`` cannot be written or created: the
+    nearest existing folder at or above it is a file or is not writable. Creates nothing."""
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} cannot be created: {str(existing)!r} is a file, not a folder; "
+                         f"choose another folder with {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == folder else f"{str(existing)!r}, the folder it would be created in,"
+        raise ValueError(f"{what} {str(folder)!r} is not writable: {where} is read-only for this user; "
+                         f"choose another folder with {option}")
+
+
+def check_output_folder(subcommand: str, config) -> None:
+    """The folder a subcommand writes into is writable, checked at setup: ``predict``'s
+    :func:`predictions_folder`, else the runs' folder (:func:`runs_root`)."""
+    if subcommand == "predict":
+        check_writable_folder(predictions_folder(config), "predict's output folder", "--predictions_dir")
+    else:
+        trainer_config = config.get("trainer") or {}
+        option = ("--trainer.default_root_dir" if not trainer_config.get("logger")
+                  else "--trainer.default_root_dir (or the logger's save_dir)")
+        check_writable_folder(runs_root(trainer_config), "the run folder", option)
+
+
+PREDICTION_OUTPUTS = ("predictions.csv", "report.html", "clusters")  # what predict writes into its folder
+
+
+def clear_previous_predictions(folder: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier ``predict`` wrote into ``folder`` (:data:`PREDICTION_OUTPUTS`: the
+    CSV, the report, the ``clusters/`` pictures), so that new results never sit beside old ones
+    (a 2-cluster run beside an earlier run's ``cluster_002..009.png``). Other files stay. Returns
+    what was removed."""
+    removed = []
+    for name in PREDICTION_OUTPUTS:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
+class ClearPreviousPredictions(Callback):
+    """At the start of ``trainer.predict`` (after the checks and the setup, so that a refused run
+    keeps the old results), :func:`clear_previous_predictions` of ``folder``; global rank zero."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and clear_previous_predictions(self.folder):
+            _say(f"predict: removed the previous results in {self.folder} ({', '.join(PREDICTION_OUTPUTS)})")
 
 
 _EMPTY_RUN_FILES = {"config.yaml", "hparams.yaml"}
@@ -149,15 +270,16 @@ def _holds_nothing(folder: Path) -> bool:
     return True
 
 
-def remove_empty_run_folder(trainer) -> None:
+def remove_empty_run_folder(trainer, failed: bool = False) -> None:
     """Remove the logger's ``version_N`` folder of this run when it holds nothing (see
-    :func:`_holds_nothing`); global rank zero only, no collective call."""
+    :func:`_holds_nothing`), or, for a run that ended in an error (``failed``), no checkpoint to
+    resume from; global rank zero only, no collective call."""
     logger = getattr(trainer, "logger", None)
     if logger is None or not trainer.is_global_zero:
         return
     folder = getattr(logger, "log_dir", None)
     if folder and Path(folder).is_dir() and re.fullmatch(r"version_\d+", Path(folder).name) \
-            and _holds_nothing(Path(folder)):
+            and (_holds_nothing(Path(folder)) or (failed and not any(Path(folder).rglob("*.ckpt")))):
         shutil.rmtree(folder, ignore_errors=True)
         parent = Path(folder).parent  # the logger's save_dir/name, when this was its only run
         if parent.is_dir() and not any(parent.iterdir()):
@@ -202,6 +324,15 @@ def _first_sentence(err: BaseException) -> str:
 class DCLClusterArgumentParser(LightningArgumentParser):
     """Parse errors in one short paragraph: what was wrong, the nearest valid option name for a
     typo, and where to see the rest (``--help``); no page of usage."""
+
+    def validate(self, namespace, *args: Any, **kwargs: Any) -> None:
+        """Before jsonargparse checks the configuration: a logger without ``save_dir`` writes under
+        ``trainer.default_root_dir`` (:func:`logger_follows_root_dir`)."""
+        for key in ("trainer", *(f"{name}.trainer" for name in SUBCOMMAND_DESCRIPTIONS)):
+            trainer_config = namespace.get(key) if hasattr(namespace, "get") else None
+            if hasattr(trainer_config, "get"):
+                logger_follows_root_dir(trainer_config)
+        return super().validate(namespace, *args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         if os.environ.get(DEBUG_ENV) == "1" or not self.exit_on_error:
@@ -263,10 +394,12 @@ class DCLClusterCLI(LightningCLI):
     before they are loaded."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        failed = True
         try:
             super().__init__(*args, **kwargs)
+            failed = False
         finally:  # also after an error: a failed, test or predict run leaves no empty version_N
-            remove_empty_run_folder(getattr(self, "trainer", None))
+            remove_empty_run_folder(getattr(self, "trainer", None), failed=failed)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ClusteringEvaluator, "evaluator")
@@ -297,22 +430,14 @@ class DCLClusterCLI(LightningCLI):
         if self.subcommand == "predict":  # predictions are written as files, nothing is logged: no run folder
             kwargs["logger"] = False
             self.save_config_callback = None
-            kwargs["callbacks"] = [*kwargs.get("callbacks", configured),
-                                   ClusterPredictionWriter(self._predictions_dir(trainer_config))]
+            folder = self._predictions_dir(trainer_config)
+            kwargs["callbacks"] = [*kwargs.get("callbacks", configured), ClearPreviousPredictions(folder),
+                                   ClusterPredictionWriter(folder)]
         return super().instantiate_trainer(**kwargs)
 
     def _predictions_dir(self, trainer_config) -> Path:
-        """Where ``predict`` writes: ``--predictions_dir``, else the run folder of ``--ckpt_path``
-        (the folder above ``checkpoints/``, or the checkpoint's folder), else
-        ``<default_root_dir>/predictions``."""
-        config = self._subcommand_config()
-        if config.get("predictions_dir"):
-            return Path(config["predictions_dir"]).expanduser()
-        ckpt = self.config[self.subcommand].get("ckpt_path")
-        if ckpt and Path(ckpt).is_file():
-            folder = Path(ckpt).resolve().parent
-            return folder.parent if folder.name == "checkpoints" else folder
-        return Path(trainer_config.get("default_root_dir") or os.getcwd()) / "predictions"
+        """Where ``predict`` writes (:func:`predictions_folder`)."""
+        return predictions_folder(self.config[self.subcommand])
 
     # ------------------------------------------------------------ checkpoints to load
 
@@ -322,7 +447,13 @@ class DCLClusterCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
+            if subcommand == "predict" and self.config[subcommand].get("ckpt_path") is None:
+                raise ValueError(
+                    "predict needs a trained model: pass --ckpt_path <run>/checkpoints/last.ckpt (the path fit "
+                    "printed at its end), or --ckpt_path last for the newest run of this configuration; "
+                    "without it the predictions would come from an untrained model")
             self._resolve_ckpt_path(self.config[subcommand])
+            check_output_folder(subcommand, self.config[subcommand])
             if subcommand != "fit" and self.config[subcommand].get("ckpt_path") is None:
                 _say(f"note: {subcommand} without --ckpt_path scores the untrained model that the "
                      f"configuration builds; pass --ckpt_path last (or a .ckpt file) for a trained one")
@@ -335,15 +466,19 @@ class DCLClusterCLI(LightningCLI):
         if ckpt_path == "last":
             root = runs_root(config.get("trainer") or {})
             found = find_last_checkpoint(root)
+            failed = failed_run_checkpoints(root)
+            skipped = (f" ({len(failed)} run(s) that ended in an error skipped: "
+                       f"{', '.join(str(p.parents[1]) for p in failed[:3])}{', ...' if len(failed) > 3 else ''})"
+                       if failed else "")
             if found is None:
                 stopped = sorted(Path(root).glob("**/interrupted-*.ckpt"), key=lambda p: p.stat().st_mtime)
                 hint = (f"; the newest state saved at a stop is {stopped[-1]}: pass it as --ckpt_path"
                         if stopped else "")
                 raise FileNotFoundError(
                     f"--ckpt_path last: no run under {str(root)!r} has a last.ckpt to resume (the "
-                    f"logger's save_dir/name, or trainer.default_root_dir){hint}; start without "
+                    f"logger's save_dir/name, or trainer.default_root_dir){skipped}{hint}; start without "
                     f"--ckpt_path, or pass the path of a .ckpt file")
-            _say(f"resuming from {found}")
+            _say(f"resuming from {found}{skipped}")
             ckpt_path = found
         config["ckpt_path"] = str(check_checkpoint(ckpt_path))
 
@@ -368,6 +503,39 @@ def _raised_by_us(err: BaseException) -> bool:
     return bool(frames) and Path(frames[-1]).resolve().is_relative_to(PACKAGE_DIR)
 
 
+_OUR_ERRORS = (ValueError, OSError, ImportError)  # OSError: FileNotFoundError, DownloadError, UnreadableImageError
+
+
+def our_error_message(err: BaseException) -> str | None:
+    """The message of the error this package raised for a bad value or bad data, found in ``err``
+    or in what it wraps (jsonargparse's "Does not validate against any of the Union subtypes"
+    around a class's own error, a DataLoader worker's "Caught ... in DataLoader worker"), else
+    None (not ours: the traceback is worth seeing)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, _OUR_ERRORS):
+            if _raised_by_us(err):
+                return str(err)
+            from_worker = _worker_error_message(str(err))
+            if from_worker is not None:
+                return from_worker
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _worker_error_message(text: str) -> str | None:
+    """The original message of an error that a DataLoader worker raised in this package (torch
+    re-raises it in the main process with the worker's traceback as its text), else None."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    files = re.findall(r'File "([^"]+)"', text)
+    if not files or not Path(files[-1]).resolve().is_relative_to(PACKAGE_DIR):
+        return None
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dcl-cluster`` console script (``args`` default to ``sys.argv``)."""
     debug = os.environ.get(DEBUG_ENV) == "1"
@@ -389,10 +557,11 @@ def main(args: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"error: {err}\n({DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(1)
-    except (ValueError, FileNotFoundError, DownloadError, UnreadableImageError) as err:
-        if debug or not _raised_by_us(err):
+    except (ValueError, OSError, ImportError, DownloadError, UnreadableImageError) as err:
+        message = None if debug else our_error_message(err)
+        if message is None:
             raise
-        sys.stderr.write(f"error: {err}\n({DEBUG_ENV}=1 shows the traceback)\n")
+        sys.stderr.write(f"error: {message}\n({DEBUG_ENV}=1 shows the traceback)\n")
         sys.exit(1)
 
 
