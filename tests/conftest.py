@@ -17,7 +17,8 @@ CACHE = Path(os.environ.get("DCL_CLUSTER_CACHE", Path.home() / ".cache" / "dcl_c
 
 
 def _missing_shared(what: str):
-    reason = f"{what} not found under {SHARED_DATA} (the offline data copy beside the checkout)"
+    reason = (f"{what} not found under {SHARED_DATA}: this test reads a local copy of the real dataset; "
+              f"set DCL_CLUSTER_SHARED_DATA to the folder that holds it (default ../shared/data)")
     if os.environ.get("DCL_CLUSTER_REQUIRE_SHARED_DATA") == "1":
         pytest.fail(reason + "; DCL_CLUSTER_REQUIRE_SHARED_DATA=1 makes this a failure")
     pytest.skip(reason)
