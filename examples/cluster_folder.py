@@ -80,11 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
                  "--model.backbone_width=8", "--model.warmup_epochs=2", "--trainer.accelerator=cpu",
                  "--trainer.check_val_every_n_epoch=3", "--evaluator.every_n_epochs=3",
                  "--trainer.enable_progress_bar=false"]
-    runs = args.out / "runs"
+    runs = args.out  # runs go to <out>/dcl_cluster/version_<n>, as the guide's go to runs/cluster_folder/dcl_cluster
     dcl_cluster(["fit", "--config", str(CONFIG), f"--data.data_dir={args.data_dir}",
                  f"--model.max_clusters={args.max_clusters}", f"--trainer.max_epochs={args.epochs}",
-                 f"--model.warmup_epochs={args.epochs // 2}", f"--trainer.default_root_dir={runs}",
-                 f"--trainer.logger.init_args.save_dir={runs}", *extra])
+                 f"--model.warmup_epochs={args.epochs // 2}", f"--trainer.default_root_dir={runs}", *extra])
     checkpoint = find_last_checkpoint(runs)
     run = checkpoint.parent.parent
     dcl_cluster(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(checkpoint)])
