@@ -6,6 +6,7 @@ Runs are a few one-batch epochs of digits, in process (about 25 s on 2 CPU cores
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -157,3 +158,52 @@ def test_a_failed_runs_marker_is_only_written_beside_a_checkpoint(tmp_path):
     mark_failed_run(tmp_path, ValueError("bad value. more"))
     assert "ValueError: bad value" in (tmp_path / FAILED_MARKER).read_text()
     assert find_last_checkpoint(tmp_path) is None
+
+
+# ---------------------------------------------------------------- the docs a newcomer reads
+
+def test_the_pages_a_newcomer_reads_name_all_nine_presets_not_five():
+    from dcl_cluster.presets import PRESETS
+
+    for page in ("README.md", "docs/index.md", "docs/quickstart.md", "docs/guides/own-image-folder.md"):
+        assert "five presets" not in (REPO / page).read_text().lower(), page
+    row = next(line for line in (REPO / "docs" / "guides" / "own-image-folder.md").read_text().splitlines()
+               if "another of the" in line and "presets" in line)
+    assert len(PRESETS) == 9 and all(f"`{name}`" in row or name == "dcl_cluster" for name in PRESETS), row
+
+
+def test_every_method_md_citation_is_a_section_of_the_method_notes_in_the_repository():
+    notes = (REPO / "docs" / "METHOD.md").read_text()
+    sections = set(re.findall(r"^## (\d+[a-z]?)\.", notes, re.M)) | set(re.findall(r"^\*\*(\d+\.\d+) ", notes, re.M))
+    cited = set()
+    for path in [REPO / "README.md", *REPO.glob("docs/**/*.md"), *REPO.glob("dcl_cluster/**/*.py"),
+                 *REPO.glob("examples/**/*.yaml"), *REPO.glob("benchmarks/*.py")]:
+        cited |= {m.group(2) for m in re.finditer(r"METHOD\.md\]?(\([^)]*\))?,? (?:section )?(\d+(?:\.\d+)?[a-z]?)\b",
+                                                  path.read_text())}
+    assert len(cited) >= 15 and cited <= sections, sorted(cited - sections)
+    nav = (REPO / "mkdocs.yml").read_text()
+    assert "METHOD.md" in nav
+
+
+def test_a_test_that_needs_the_real_dataset_says_how_to_point_at_it(monkeypatch):
+    import conftest
+
+    monkeypatch.delenv("DCL_CLUSTER_REQUIRE_SHARED_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception) as info:
+        conftest._missing_shared("cifar10/export.py")
+    assert "DCL_CLUSTER_SHARED_DATA" in str(info.value) and "beside the checkout" not in str(info.value)
+
+
+def test_the_cluster_folder_config_logs_within_an_epoch_of_a_590_photo_folder(tmp_path):
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from dcl_cluster import LongTailDataModule
+
+    for i in range(590):                                              # the folder size
+        Image.fromarray(np.full((8, 8, 3), i % 255, np.uint8)).save(tmp_path / f"{i:03d}.png")
+    config = yaml.safe_load((CONFIGS / "cluster_folder.yaml").read_text())
+    dm = LongTailDataModule(**{**config["data"], "data_dir": str(tmp_path), "num_workers": 0})
+    dm.setup("fit")
+    assert config["trainer"]["log_every_n_steps"] <= len(dm.train_dataloader())
