@@ -27,7 +27,7 @@ from dcl_cluster.nn import MLPProjectionHead, ResNet, SmallCNN, feature_dim
 from dcl_cluster.nn.heads import HEAD_KINDS
 from dcl_cluster.objectives import Objective, StepOutputs, apply_term_settings, build_objectives
 from dcl_cluster.objectives.assembly import check_finite, check_num_clusters, head_kind_for, step_metrics, views_for
-from dcl_cluster.objectives.base import TermSettingError
+from dcl_cluster.objectives.base import Needs, TermSettingError
 from dcl_cluster.optim import build_optimizer
 from dcl_cluster.presets import preset
 
@@ -162,6 +162,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         self._clustering_start_step = 0
         self._total_steps = 0.0
         self._head_param_group = False  # the head was added to the optimizer as its own group (auto K)
+        self._plan_key: tuple[int, bool] | None = None  # the (epoch, phase) that _step_plan last read
+        self._plan: tuple[list[tuple[Objective, Needs]], frozenset[str]] = ([], frozenset())
         if None not in (in_channels, input_size) and (num_clusters is not None or not self._needs_k()):
             self._build(in_channels, input_size, num_clusters)
 
@@ -275,6 +277,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         if stage == "fit" and self._trainer is not None:
             for term in self.objectives:  # before any loader: Lightning makes the first one for its step count
                 term.on_setup(self)
+        self._plan_key = None  # the terms' schedules are set now: read them afresh
 
     def _check_max_clusters(self, dm: Any) -> None:
         """``max_clusters`` (``num_clusters="auto"``), or a cluster head's ``num_clusters``, must not
@@ -303,6 +306,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         self.check_cached_weights()
         for term in self.objectives:  # after a restore of weights and buffers
             term.on_fit_start(self)
+        self._plan_key = None
         if hp.num_clusters == "auto" and trainer.world_size > 1:
             raise ValueError(f"num_clusters='auto' runs on one process (the estimated head joins the optimizer "
                              f"mid-run), not {trainer.world_size}: estimate K on one device, then pass "
@@ -378,27 +382,48 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         raise ValueError(f"a training batch needs 2 to {2 + len(order)} views (a, b, {', '.join(order)}), "
                          f"got {len(views)}")
 
+    def _step_plan(self, clustering: bool) -> tuple[list[tuple[Objective, Needs]], frozenset[str]]:
+        """The terms of this phase with their :class:`Needs`, and the views some term reads
+        (:meth:`Objective.reads`, ``"a"`` always): read from the terms once per (epoch, phase),
+        and afresh after ``setup`` and at fit start (where the terms set their schedules)."""
+        key = (self.current_epoch, clustering)
+        if self._plan_key != key:
+            running = []
+            for term in self.objectives:
+                needs = term.needs()
+                if not ((needs.clustering and not clustering) or (needs.warmup and clustering)):
+                    running.append((term, needs))
+            read = {"a"}.union(*(term.reads(key[0], clustering) for term in self.objectives))
+            self._plan, self._plan_key = (running, frozenset(read)), key
+        return self._plan
+
     def shared_step(self, views: Any, index: Tensor | None = None) -> StepOutputs:
-        """One backbone forward for all views, then the projector and the cluster head; the
-        projections and head outputs gathered across processes in one collective."""
+        """One backbone forward for the views some term reads in this epoch and phase (others
+        in the batch are left out: SCAN's stages read neither view ``b`` nor all the extra
+        views), then the projector and the cluster head; the projections and head outputs
+        gathered across processes in one collective."""
         names, views = self._named_views(views)
-        n = views[0].shape[0]
+        read = self._step_plan(self.clustering_active)[1]
+        if not read.issuperset(names):
+            names, views = map(list, zip(*[(m, v) for m, v in zip(names, views, strict=True) if m in read],
+                                         strict=True))
+        n, pair = views[0].shape[0], names[:2] == ["a", "b"]
         h = self(torch.cat(views))  # (V*B, F)
-        z = self.projector(h[: 2 * n])  # (2B, projection_dim)
-        parts = [z[:n], z[n:]]
+        z = self.projector(h[: 2 * n if pair else n])  # (2B or B, projection_dim)
+        parts = [z[:n], z[n:]] if pair else [z]
         if self.clustering_active:
             logits = self.cluster_head(h.detach() if self.hparams.detach_cluster_input else h)  # (V*B, K)
             parts += list(logits.float().split(n))
         if self.hparams.gather_distributed and world_size() > 1:
             widths = [p.shape[1] for p in parts]
-            dtype = torch.promote_types(torch.promote_types(*[p.dtype for p in parts[:2]]), torch.float32)
+            dtype = torch.promote_types(z.dtype, torch.float32)  # the projections' (z_a, z_b: one tensor)
             parts = list(gather_with_grad(torch.cat([p.to(dtype) for p in parts], dim=1)).split(widths, dim=1))
         h_clean = h[names.index("clean") * n:][:n] if "clean" in names else None
-        out = StepOutputs(z_a=parts[0], z_b=parts[1], h_a=h[:n], h_b=h[n: 2 * n], h_clean=h_clean,
-                          cluster_prior=self.cluster_prior if self.cluster_head is not None else None,
+        out = StepOutputs(z_a=parts[0], z_b=parts[1] if pair else None, h_a=h[:n], h_b=h[n: 2 * n] if pair else None,
+                          h_clean=h_clean, cluster_prior=self.cluster_prior if self.cluster_head is not None else None,
                           progress=self.clustering_progress(), index=index, epoch=self.current_epoch,
                           views=tuple(names))
-        for name, logit in zip(names, parts[2:], strict=False):
+        for name, logit in zip(names, parts[2 if pair else 1:], strict=False):
             out.logits[name] = logit
             out.q[name] = torch.softmax(logit, dim=1)
         return out
@@ -407,10 +432,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         """Every active term as ``name -> (weight, value)``; extend in a subclass."""
         terms = {}
         with tensor_value_checks(False):  # the module builds tau+ and the prior in range
-            for term in self.objectives:
-                needs = term.needs()
-                if (needs.clustering and not step.clustering) or (needs.warmup and step.clustering):
-                    continue
+            for term, needs in self._step_plan(step.clustering)[0]:  # the terms of this phase
                 if not term.active(step):
                     continue
                 missing = [v for v in needs.views if v not in step.views]
@@ -441,7 +463,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
             where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
             check_finite(loss, terms, where)
         if step.clustering:
-            self._update_cluster_prior(torch.cat([step.q["a"], step.q["b"]]).detach(), gathered=self._gathers())
+            pair = [step.q[v] for v in ("a", "b") if v in step.q]  # b where a term reads it
+            self._update_cluster_prior(torch.cat(pair).detach(), gathered=self._gathers())
         extra = {k: v for term in self.objectives for k, v in term.logs().items()}
         batch_size = len(step.z_a)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)

@@ -274,3 +274,46 @@ def test_a_subclass_keeps_term_configs_in_its_hyperparameters():
 
     module = WithExtra(objectives=[DebiasedContrastive()], term_settings={"tau_plus": 0.2})
     assert module.hparams.objectives[0]["init_args"]["tau_plus"] == 0.2 and module.hparams.term_settings is None
+
+
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"scan", "scan_prior"}))
+def test_presets_other_than_scan_forward_every_view_they_ask_for_in_both_phases(name):
+    # the forward is then the one before terms could narrow their views: results unchanged
+    module = DebiasedClusterModule.from_preset(name, in_channels=1, input_size=8, num_clusters=4, **SMALL)
+    for clustering in (False, True):
+        assert module._step_plan(clustering)[1] == {"a", "b", *module.extra_views}
+
+
+def test_the_warmup_forwards_the_clean_view_a_clustering_term_asks_for():
+    module = DebiasedClusterModule.from_preset("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, **SMALL)
+    assert module.extra_views == ["clean"]
+    step = module.shared_step(next(iter(ToyDataModule().train_dataloader()))[0])
+    assert step.views == ("a", "b", "clean") and step.z_b is not None and step.h_clean is not None
+
+
+def test_needs_are_read_once_per_epoch_and_phase_not_per_step(tmp_path):
+    calls = []
+
+    class CountingNeeds(InfoNCE):
+        def needs(self):
+            calls.append(1)
+            return super().needs()
+
+    class AtBatchStart(pl.Callback):
+        def __init__(self):
+            self.counts = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.counts.append((trainer.current_epoch, len(calls)))
+
+    module = DebiasedClusterModule(objectives=[CountingNeeds()], **SMALL)
+    seen = AtBatchStart()
+    t = trainer(tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=0, enable_checkpointing=False,
+                callbacks=[seen])
+    t.fit(module, datamodule=ToyDataModule())
+    first, second = ([c for e, c in seen.counts if e == epoch] for epoch in (0, 1))
+    assert len(first) == len(second) == 4
+    assert first[1] == first[2] == first[3] and second[1] == second[2] == second[3]  # no call within an epoch
+    # one read per epoch, at its first step (needs() for the phase, and once more in reads()' default)
+    assert first[1] - first[0] == second[1] - second[0] == 2 and second[0] == first[3]
+    assert len(calls) == second[3]

@@ -257,3 +257,33 @@ def test_scan_needs_a_warmup():
                          enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(ValueError, match="set warmup_epochs >= 1, got 0"):
         trainer.fit(module, datamodule=digits())
+
+
+def test_the_scan_stages_forward_only_the_views_their_terms_read():
+    """SCAN's stage reads the anchor and its neighbour (not view b, not the clean view the
+    self-labelling stage asks for); self-labelling reads the clean and strong views. The module
+    forwards those (and view a) only: 2 of the 4 served views, then 3 of 5."""
+    seen = []
+
+    class Recording(DebiasedClusterModule):
+        def shared_step(self, views, index=None):
+            self._rows = None
+            step = super().shared_step(views, index)
+            seen.append((self.current_epoch, len(views), step.views, self._rows // len(step.z_a)))
+            return step
+
+        def forward(self, x):
+            self._rows = x.shape[0]  # the backbone's batch rows
+            return super().forward(x)
+
+    pl.seed_everything(0)
+    module = Recording.from_preset("scan", warmup_epochs=1, lr=1e-2, **SMALL,
+                                   **{"scan.num_neighbors": 5, "threshold": 0.3})
+    t = pl.Trainer(max_epochs=4, limit_train_batches=2, limit_val_batches=0, logger=False,
+                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    t.fit(module, datamodule=digits())
+    by_epoch = {epoch: (served, names, rows) for epoch, served, names, rows in seen}
+    assert by_epoch[0] == (3, ("a", "b"), 2)  # warm-up: InfoNCE on a, b (the clean view waits)
+    assert by_epoch[1] == by_epoch[2] == (4, ("a", "neighbor"), 2)  # SCAN's stage: no view b
+    assert by_epoch[3] == (5, ("a", "clean", "strong"), 3)  # self-labelling
+    assert "train/scan" in t.callback_metrics and "train/self_label" in t.callback_metrics

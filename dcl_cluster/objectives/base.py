@@ -121,6 +121,17 @@ class Objective(nn.Module):
         """Whether the term runs on this step (beyond its :class:`Needs`); default always."""
         return True
 
+    def reads(self, epoch: int, clustering: bool) -> tuple[str, ...]:
+        """The views whose outputs (backbone features, projections, head outputs) the term reads
+        on a step of ``epoch`` in the given phase (``clustering``: the clustering phase, else the
+        warm-up); ``()`` where it does not run. The module forwards only the views some term
+        reads (and ``"a"``, always), so narrowing this saves backbone work; the module reads it
+        once per epoch and phase, not per step.
+
+        Default: ``"a"``, ``"b"`` and the :class:`Needs` views, in every epoch and phase (what
+        every view cost before terms could say; a term that does not say keeps it)."""
+        return ("a", "b", *self.needs().views)
+
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
 

@@ -167,6 +167,9 @@ class SCANConsistency(Objective):
     def active(self, step: StepOutputs) -> bool:
         return step.epoch < self._stop_epoch
 
+    def reads(self, epoch: int, clustering: bool) -> tuple[str, ...]:
+        return ("a", "neighbor") if clustering and epoch < self._stop_epoch else ()  # the anchor and its neighbour
+
     def forward(self, step: StepOutputs) -> Tensor:
         prior = None
         if self.prior == "cluster_prior":
@@ -244,6 +247,9 @@ class ConfidentSelfLabel(Objective):
 
     def active(self, step: StepOutputs) -> bool:
         return step.epoch >= self._start_epoch
+
+    def reads(self, epoch: int, clustering: bool) -> tuple[str, ...]:
+        return ("clean", "strong") if clustering and epoch >= self._start_epoch else ()
 
     def forward(self, step: StepOutputs) -> Tensor:
         weak = step.logits["clean"]

@@ -82,5 +82,8 @@ class WarmupOnly(Objective):
     def active(self, step: StepOutputs) -> bool:
         return self.term.active(step)
 
+    def reads(self, epoch: int, clustering: bool) -> tuple[str, ...]:
+        return () if clustering else self.term.reads(epoch, clustering)
+
     def forward(self, step: StepOutputs) -> Tensor:
         return self.term.weight * self.term(step)

@@ -16,13 +16,15 @@ class StepOutputs:
 
     ``z_*``, ``q`` and ``logits`` span the global batch (gathered with gradients across
     processes when the module gathers), so a term computes the loss of the concatenated
-    batch; ``h_*`` are this process's backbone features. ``q`` and ``logits`` are keyed by
+    batch; ``h_*`` are this process's backbone features. The module forwards only the views
+    some term reads in this epoch and phase (:meth:`Objective.reads`; ``"a"`` always), so
+    ``z_b`` and ``h_b`` are ``None`` where no term reads view ``b`` (SCAN's stages). ``q`` and ``logits`` are keyed by
     view (``"a"``, ``"b"``, and ``"clean"``, ``"neighbor"``, ``"strong"`` when the batch has
     them) and empty outside the clustering phase; ``softmax(logits[v]) == q[v]``.
 
     Attributes:
         z_a: Projections of the first views, ``(B, d)``.
-        z_b: Projections of the second views, ``(B, d)``.
+        z_b: Projections of the second views, ``(B, d)``, or ``None`` when view ``b`` was not forwarded.
         h_a: Backbone features of the first views (this process).
         h_b: Backbone features of the second views (this process).
         h_clean: Backbone features of the clean view, or ``None``.
@@ -36,7 +38,7 @@ class StepOutputs:
     """
 
     z_a: Tensor
-    z_b: Tensor
+    z_b: Tensor | None
     h_a: Tensor | None = None
     h_b: Tensor | None = None
     h_clean: Tensor | None = None
