@@ -239,6 +239,20 @@ class TestPartialOTTargets:
         torch.testing.assert_close(t_bf16, partial_ot_targets(logits.bfloat16().float(), 0.4), atol=1e-6, rtol=0)
         torch.testing.assert_close(t_bf16, partial_ot_targets(logits, 0.4), atol=0.05, rtol=0)
 
+    def test_bf16_logits_that_require_grad_take_the_extrapolated_path_to_the_loops_fixed_point(self, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        jumps = []
+        real = pseudo_labels._extrapolate
+        monkeypatch.setattr(pseudo_labels, "_extrapolate", lambda h: jumps.append(1) or real(h))
+        cosine = torch.nn.functional.normalize(logits_of(80, 5, seed=14, dtype=torch.float32), dim=1) * 10
+        logits = cosine.bfloat16().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t = partial_ot_targets(logits, 0.1)
+        assert jumps and t.dtype == torch.float32 and not t.requires_grad and logits.grad is None
+        fixed_point = reference_partial_ot(logits.detach().double().numpy(), 0.1, max_iters=20000, tol=1e-12)
+        np.testing.assert_allclose(t.double().numpy(), fixed_point, atol=1e-6, rtol=0)
+
     def test_warm_start_from_the_converged_b(self):
         logits = logits_of(40, 5, seed=10)
         t, log_b = partial_ot_targets(logits, 0.6, tol=1e-12, return_log_b=True)
