@@ -267,3 +267,15 @@ def test_no_network_is_known_at_once_from_the_offline_switch_or_an_unresolvable_
     assert network_unreachable("huggingface.co") == "HF_HUB_OFFLINE is set"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     assert "no-such-host.invalid cannot be reached" in network_unreachable("no-such-host.invalid")  # RFC 6761
+
+
+def test_a_read_only_folder_is_named_with_the_option_that_moves_the_output(tmp_path, monkeypatch):
+    # the branch the read-only tests above take where they run (not as root, who may write anywhere)
+    import dcl_cluster.cli as cli
+
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(ValueError, match=r"'.*/runs' is not writable: '.*', the folder it would be created in, is "
+                                         r"read-only for this user; choose another folder with --predictions_dir"):
+        cli.check_writable_folder(tmp_path / "runs", "predict's output folder", "--predictions_dir")
+    monkeypatch.undo()
+    cli.check_writable_folder(tmp_path / "runs", "predict's output folder", "--predictions_dir")  # writable: quiet
