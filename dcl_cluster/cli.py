@@ -248,8 +248,9 @@ class ClearPreviousPredictions(Callback):
         self.folder = Path(folder)
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and clear_previous_predictions(self.folder):
-            _say(f"predict: removed the previous results in {self.folder} ({', '.join(PREDICTION_OUTPUTS)})")
+        removed = clear_previous_predictions(self.folder) if trainer.is_global_zero else []
+        if removed:
+            _say(f"predict: removed the previous results in {self.folder} ({', '.join(p.name for p in removed)})")
 
 
 _EMPTY_RUN_FILES = {"config.yaml", "hparams.yaml"}
