@@ -11,11 +11,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcl_cluster.cluster.centroids import kmeans_centroids
-from dcl_cluster.cluster.estimate_k import estimate_num_clusters
+from dcl_cluster.cluster.estimate_k import KEstimate, score_num_clusters
 from dcl_cluster.nn import cluster_head, feature_dim
 from dcl_cluster.objectives.assembly import check_num_clusters
 
-__all__ = ["ClusterHeadSetup"]
+__all__ = ["ClusterHeadSetup", "NoClusterStructureError"]
+
+
+class NoClusterStructureError(ValueError):
+    """``num_clusters="auto"`` found no clear cluster structure in the training features, so
+    it stops instead of training with a guessed ``K``."""
 
 
 class ClusterHeadSetup:
@@ -49,9 +54,17 @@ class ClusterHeadSetup:
         self.cluster_prior.mul_(m).add_((1 - m) * batch_sizes)
 
     def estimate_num_clusters(self, loader: Any = None) -> int:
-        """``K`` by :func:`~dcl_cluster.cluster.estimate_num_clusters` (at most ``max_clusters``,
+        """``K`` by :func:`~dcl_cluster.cluster.score_num_clusters` (at most ``max_clusters``,
         cosine for a cosine head, else Euclidean) on the backbone features of ``loader``
-        (default the datamodule's ``train_eval_dataloader()``)."""
+        (default the datamodule's ``train_eval_dataloader()``). The scores per ``K`` are kept
+        as ``self.k_choice`` (saved in checkpoints, shown by ``report.html``) and drawn into
+        the run folder (``k_scores.png``, ``k_scores.json``).
+
+        Raises:
+            NoClusterStructureError: the features show no clear cluster structure (mean
+                silhouette below 0.25 at every ``K``); the message gives the scores and asks
+                for ``num_clusters``.
+        """
         loader = self.training_images_loader("num_clusters='auto' estimates K") if loader is None else loader
         features = self.embed_loader(loader).cpu()
         k_max = self.hparams.max_clusters
@@ -59,7 +72,31 @@ class ClusterHeadSetup:
             raise ValueError(f"max_clusters={k_max} is above the number of training images ({features.shape[0]}); "
                              f"use max_clusters <= {features.shape[0]}")
         metric = "cosine" if self.head_kind == "cosine" else "euclidean"
-        return estimate_num_clusters(features, k_max, seed=0, metric=metric)
+        estimate = score_num_clusters(features, k_max, seed=0, metric=metric)
+        self.k_choice = estimate.as_dict()
+        written = self._write_k_scores(estimate)
+        if not estimate.structured:
+            raise NoClusterStructureError(
+                f"num_clusters='auto' stops: {estimate.explain()}. Training with a guessed K would give clusters "
+                f"that mean nothing. Set the number of clusters yourself, e.g. --model.num_clusters "
+                f"{estimate.by_silhouette if estimate.by_silhouette > 2 else 10} (more than you expect is "
+                "safe: after predict, `dcl-cluster recluster --predictions <folder> --num_clusters N` tries "
+                "another K on the saved features in seconds)"
+                + (f"; the scores per K are drawn in {written}" if written else "") + ".")
+        return estimate.k
+
+    def _write_k_scores(self, estimate: KEstimate) -> Any:
+        """``k_scores.json`` and ``k_scores.png`` (mean silhouette per ``K``, the choice
+        marked) in the trainer's log folder on global rank 0; returns the PNG's path or None."""
+        trainer = self._trainer
+        if trainer is None or not trainer.loggers or not trainer.is_global_zero:  # no run folder: nothing to write
+            return None
+        folder = trainer.log_dir
+        if folder is None:
+            return None
+        from dcl_cluster.cluster.k_scores_plot import write_k_scores
+
+        return write_k_scores(estimate, folder)
 
     def build_estimated_head(self, k: int | None = None) -> int:
         """With ``num_clusters="auto"``: estimate ``K`` (unless given), build the cluster head and
@@ -111,6 +148,8 @@ class ClusterHeadSetup:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a run that estimated K (num_clusters="auto") saved a head of that size and an optimizer
         # whose last group is the head: rebuild both before the state loads
+        if isinstance(checkpoint.get("k_choice"), dict):  # how num_clusters='auto' chose K
+            self.k_choice = checkpoint["k_choice"]
         k = checkpoint.get("hyper_parameters", {}).get("num_clusters")
         has_head = any(key.startswith("cluster_head.") for key in checkpoint.get("state_dict", {}))
         if isinstance(k, int) and has_head and self.cluster_head is None and self.head_kind is not None:

@@ -499,6 +499,8 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         # terms edited after construction are saved with their current settings
         hparams = checkpoint.setdefault("hyper_parameters", {})
         hparams.update(objectives=[t.config() for t in self.objectives], term_settings=None)
+        if isinstance(getattr(self, "k_choice", None), dict):  # num_clusters="auto": the scores per K
+            checkpoint["k_choice"] = self.k_choice
 
     # ------------------------------------------------------------------ evaluation
 

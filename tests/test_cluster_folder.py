@@ -6,6 +6,7 @@ command line from ``fit`` to ``predict``'s CSV and pictures.
 """
 
 import csv
+import json
 import importlib.util
 import warnings
 from pathlib import Path
@@ -135,6 +136,20 @@ def test_evaluator_logs_diagnostics_without_labels_and_scores_with_them():
 
 # ---------------------------------------------------------------- num_clusters="auto"
 
+@pytest.fixture
+def structured(monkeypatch):
+    """The estimate as computed, but taken as structured: a few epochs of a tiny CNN give weak
+    features (mean silhouette about 0.2 at every K), on which the module rightly stops; these
+    tests are about what happens once K is known."""
+    import dataclasses
+
+    import dcl_cluster.head_setup as head_setup
+
+    real = head_setup.score_num_clusters
+    monkeypatch.setattr(head_setup, "score_num_clusters",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), structured=True))
+
+
 def auto_module(**kwargs):
     settings = dict(num_clusters="auto", max_clusters=12, warmup_epochs=1, backbone_width=8,
                     lr_warmup_epochs=0, cosine=False)
@@ -190,7 +205,7 @@ class HeadSnapshot(pl.Callback):
             self.in_optimizer = all(id(p) in ids for p in module.cluster_head.parameters())
 
 
-def test_auto_estimates_k_at_the_end_of_the_warmup_and_the_head_trains():
+def test_auto_estimates_k_at_the_end_of_the_warmup_and_the_head_trains(structured):
     torch.manual_seed(0)
     dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=128)
     module = auto_module(lr_warmup_epochs=1, cosine=True)
@@ -212,7 +227,7 @@ def test_auto_estimates_k_at_the_end_of_the_warmup_and_the_head_trains():
     assert optimizer.param_groups[1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
 
 
-def test_an_auto_checkpoint_reloads_and_resumes_with_the_estimated_head(tmp_path):
+def test_an_auto_checkpoint_reloads_and_resumes_with_the_estimated_head(tmp_path, structured):
     torch.manual_seed(0)
     dm = LongTailDataModule("digits", imbalance_factor=10, batch_size=128)
     module = auto_module()
@@ -235,9 +250,44 @@ def test_an_auto_checkpoint_reloads_and_resumes_with_the_estimated_head(tmp_path
     assert len(trainer.optimizers[0].param_groups) == 2
 
 
+def test_auto_on_features_without_structure_stops_with_the_scores_and_never_trains_a_guess(tmp_path):
+    # digits through a width-8 CNN after one epoch: mean silhouette about 0.2 at every K
+    # (measured 0.19-0.20 at K=2, 0.11-0.14 beyond), the issue's "weak features" case
+    from dcl_cluster.head_setup import NoClusterStructureError
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    module = auto_module()
+    trainer = quiet_trainer(max_epochs=2, logger=CSVLogger(str(tmp_path)))
+    with pytest.raises(NoClusterStructureError, match=r"no clear cluster structure.*best 0\.\d+.*"
+                                                      r"K=2 0\.\d{3}, K=3 .*--model\.num_clusters"):
+        trainer.fit(module, LongTailDataModule("digits", imbalance_factor=10, batch_size=128))
+    assert module.cluster_head is None and module.hparams.num_clusters == "auto"  # no head of a guessed K
+    assert module.k_choice["structured"] is False and module.k_choice["k"] == list(range(2, 13))
+    scores = json.loads(next(tmp_path.rglob("k_scores.json")).read_text())
+    assert scores["score"] == pytest.approx(module.k_choice["score"]) and max(scores["score"]) < 0.25
+    assert next(tmp_path.rglob("k_scores.png")).stat().st_size > 1000
+
+
+def test_the_command_line_with_auto_stops_in_one_paragraph_when_the_features_cannot_tell(tmp_path, capsys):
+    args = ["fit", "--config", str(REPO / "examples" / "configs" / "digits_lt.yaml"), "--model.num_clusters=auto",
+            "--model.max_clusters=8", "--model.warmup_epochs=1", "--model.backbone_width=8", "--report=false",
+            "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", "--trainer.max_epochs=2",
+            f"--trainer.default_root_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code != 0
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" not in err
+    paragraph, hint = err.strip().splitlines()[-2:]  # Lightning's own warnings may come before
+    assert paragraph.startswith("error: num_clusters='auto' stops: the features show no clear")
+    assert "--model.num_clusters" in paragraph and "K=2 0." in paragraph and "k_scores.png" in paragraph
+    assert hint == "(DCL_CLUSTER_DEBUG=1 shows the traceback)"
+
+
 # ---------------------------------------------------------------- the command line, end to end
 
-def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(tmp_path):
+def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(tmp_path, structured):
     example = load_example("cluster_folder")
     photos = example.make_shape_folder(tmp_path / "photos", counts=(40, 16, 8))
     runs = tmp_path / "runs"
@@ -279,7 +329,7 @@ def test_the_cluster_folder_example_runs_in_its_small_mode(tmp_path):
     assert result["csv"].is_file() and result["report"].is_file() and len(result["pictures"]) >= 3
 
 
-def test_an_auto_run_resumes_from_the_command_line_after_the_estimate(tmp_path):
+def test_an_auto_run_resumes_from_the_command_line_after_the_estimate(tmp_path, structured):
     # the checkpoint's hyperparameters (K) override the config's "auto": the head is built at setup,
     # and the optimizer gets the estimated head as its second group, as saved
     base = ["--config", str(REPO / "examples" / "configs" / "digits_lt.yaml"), "--model.num_clusters=auto",

@@ -6,7 +6,9 @@ import pytest
 import torch
 from sklearn.metrics import silhouette_score as sklearn_silhouette
 
-from dcl_cluster.cluster import estimate_num_clusters
+import warnings
+
+from dcl_cluster.cluster import KMeans, NoClusterStructureWarning, estimate_num_clusters, score_num_clusters
 from dcl_cluster.cluster.estimate_k import silhouette_num_clusters, silhouette_score
 
 
@@ -79,7 +81,45 @@ def test_the_answer_stays_within_two_and_k_max():
     assert estimate_num_clusters(x, k_max=3) == 3
     assert estimate_num_clusters(x, k_max=2) == 2
     noise = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
-    assert 2 <= estimate_num_clusters(noise, k_max=6) <= 6
+    with pytest.warns(NoClusterStructureWarning):
+        assert 2 <= estimate_num_clusters(noise, k_max=6) <= 6
+
+
+@pytest.mark.parametrize("d", [4, 64])
+def test_isotropic_noise_warns_that_it_has_no_structure_and_gives_the_scores(d):
+    noise = np.random.default_rng(1).normal(size=(1500, d)).astype(np.float32)
+    with pytest.warns(NoClusterStructureWarning, match=r"no clear cluster structure.*below 0\.25 at every K.*"
+                                                       r"Mean silhouette per K: K=2 0\.\d{3}, K=3 0\.\d{3}"):
+        estimate_num_clusters(noise, k_max=8)
+    estimate = score_num_clusters(noise, k_max=8)
+    assert not estimate.structured and max(estimate.silhouette) < 0.25
+    assert estimate.candidates == list(range(2, 9)) and len(estimate.silhouette) == 7
+
+
+def test_separated_clusters_do_not_warn_and_their_scores_are_those_of_a_hand_count():
+    x = blobs(geometric_sizes(5), 8, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert estimate_num_clusters(x, k_max=10) == 5
+    estimate = score_num_clusters(x, k_max=10)
+    assert estimate.structured and estimate.k == 5 and estimate.best_silhouette > 0.5
+    # the curve is the silhouette of k-means at each K, scored as scikit-learn scores it
+    from dcl_cluster.cluster.estimate_k import _principal_components
+
+    rows = _principal_components(torch.from_numpy(x)[torch.from_numpy(np.random.default_rng(0).permutation(len(x)))])
+    fit = rows[:4000]
+    labels = KMeans(3, n_init=2, seed=0).fit(fit).labels_[:2000].numpy()
+    assert estimate.silhouette[1] == pytest.approx(sklearn_silhouette(fit[:2000].numpy(), labels), abs=1e-5)
+    choice = estimate.as_dict()  # what report.html reads
+    assert choice["chosen"] == 5 and choice["k"] == list(range(2, 11)) and choice["score_name"] == "mean silhouette"
+    assert choice["how"].startswith("estimated K=5")
+
+
+def test_wide_features_are_projected_and_keep_their_answer():
+    # 256 columns, clusters on 6 of them: the first 128 principal components hold them (the
+    # separation test on all 256 columns said 7, on the projection 6)
+    x = blobs(geometric_sizes(6, 600, 40), 256, 2)
+    assert x.shape[1] > 128 and estimate_num_clusters(x, k_max=12) == 6
 
 
 def test_same_seed_same_answer_and_numpy_matches_torch():

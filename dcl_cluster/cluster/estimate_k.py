@@ -1,11 +1,18 @@
-"""Estimating the number of clusters of a feature set when the clusters are long-tailed.
+"""Estimating the number of clusters of a feature set when the clusters are long-tailed,
+and saying so when the features hold no answer.
 
 Two estimates err low in opposite ways and the larger one is returned (METHOD.md 4b):
 the silhouette over K absorbs small clusters that sit next to big ones, and a separation
-test on an over-clustering merges clusters that touch without a gap.
+test on an over-clustering merges clusters that touch without a gap. When the mean
+silhouette stays below 0.25 at every K ("no substantial structure", Kaufman & Rousseeuw,
+1990, ch. 2) the estimate is a guess: it warns, and :class:`KEstimate` says so.
 """
 
 from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,9 +20,68 @@ import torch.nn.functional as F
 
 from dcl_cluster.cluster.kmeans import KMeans
 
-__all__ = ["estimate_num_clusters"]
+__all__ = ["KEstimate", "NoClusterStructureWarning", "estimate_num_clusters", "score_num_clusters"]
 
 _METRICS = ("euclidean", "cosine")
+STRUCTURE_SILHOUETTE = 0.25  # below at every K: "no substantial structure" (Kaufman & Rousseeuw)
+_SAMPLE_ROWS = 8000  # rows both estimates read at most
+_MAX_DIMS = 128  # principal components kept: k-means' cost grows with the dimension
+
+
+class NoClusterStructureWarning(UserWarning):
+    """The features show no clear cluster structure: an estimated ``K`` is a guess."""
+
+
+@dataclass(frozen=True)
+class KEstimate:
+    """What :func:`score_num_clusters` found: the estimate, each criterion's answer, the
+    mean silhouette per candidate ``K`` and whether the features show clear structure.
+
+    Attributes:
+        k: The estimate, the larger of ``by_silhouette`` and ``by_separation``.
+        by_silhouette: ``K`` of the highest mean silhouette.
+        by_separation: Groups left by the separation test.
+        candidates: The ``K`` values scored by the silhouette, ``2..k_max``.
+        silhouette: Mean silhouette of k-means at each candidate.
+        structured: ``False`` when the silhouette stays below 0.25 at every candidate.
+        seconds: Wall time of the estimate.
+    """
+
+    k: int
+    by_silhouette: int
+    by_separation: int
+    candidates: list[int] = field(default_factory=list)
+    silhouette: list[float] = field(default_factory=list)
+    structured: bool = True
+    seconds: float = 0.0
+
+    @property
+    def best_silhouette(self) -> float:
+        return max(self.silhouette) if self.silhouette else float("nan")
+
+    def scores_text(self, shown: int = 12) -> str:
+        """``K=2 0.061, K=3 0.058, ...`` (the first ``shown`` candidates)."""
+        pairs = [f"K={k} {s:.3f}" for k, s in zip(self.candidates, self.silhouette, strict=True)]
+        return ", ".join(pairs[:shown]) + (", ..." if len(pairs) > shown else "")
+
+    def explain(self) -> str:
+        """One paragraph: the estimate and why, or that the features cannot tell."""
+        if self.structured:
+            return (f"estimated K={self.k}: the larger of the silhouette's K={self.by_silhouette} (mean "
+                    f"silhouette {self.best_silhouette:.3f}) and the separation test's K={self.by_separation}")
+        return (f"the features show no clear cluster structure: the mean silhouette of k-means stays below "
+                f"{STRUCTURE_SILHOUETTE} at every K (best {self.best_silhouette:.3f}; at or below 0.25 means no "
+                f"substantial structure), so an estimate of K would be a guess (the criteria say "
+                f"{self.by_silhouette} by silhouette and {self.by_separation} by separation). Mean silhouette "
+                f"per K: {self.scores_text()}")
+
+    def as_dict(self) -> dict:
+        """The choice as ``report.html`` reads it (``chosen``, ``how``, ``k``, ``score``,
+        ``score_name``) plus every field."""
+        return {"chosen": self.k, "how": self.explain(), "k": list(self.candidates),
+                "score": [float(s) for s in self.silhouette], "score_name": "mean silhouette",
+                "by_silhouette": self.by_silhouette, "by_separation": self.by_separation,
+                "structured": self.structured, "seconds": round(self.seconds, 3)}
 
 
 def estimate_num_clusters(
@@ -41,13 +107,20 @@ def estimate_num_clusters(
        least 5 (the halves of one Gaussian give 2.65). Size-free, it keeps a tail cluster
        of 5% of its neighbour's size, but it merges clusters that touch without a gap.
 
+    Both read at most 8,000 rows, projected on their first 128 principal components when
+    ``d`` is larger. When the mean silhouette stays below 0.25 at every ``K`` the features
+    show no clear cluster structure and the answer is a guess: a
+    :class:`NoClusterStructureWarning` (a ``UserWarning``) says so and gives the scores.
+    :func:`score_num_clusters` returns the scores and that verdict instead of warning.
+
     Measured on 39 long-tailed cases, seeds 0-2 (``benchmarks/results/estimate_k.json``:
     Gaussian blobs and cosine clusters falling from 1000 to 50 points, digits at imbalance
     factor 1 and 10), the larger of the two found the true ``K`` in 21 (mean error 0.72),
     the silhouette alone in 7 (1.74), the separation alone in 19 (2.74) and the
-    Calinski-Harabasz index in 3 (5.38). About 12 s at ``N=16,000, d=512, k_max=50`` on one
-    CPU thread: k-means is fitted on at most 4,000 rows for the silhouette (scored on 2,000)
-    and 8,000 for the separation.
+    Calinski-Harabasz index in 3 (5.38). On frozen ImageNet features of real CIFAR-10
+    mixes no criterion measured finds the number of classes (docs/benchmarks.md, "How
+    many clusters?"): their silhouette is about 0.06 at every ``K``, and this function
+    warns there.
 
     Args:
         x: Features ``(N, d)``, a torch tensor or a NumPy array, finite, ``N >= 3``.
@@ -73,29 +146,66 @@ def estimate_num_clusters(
         >>> estimate_num_clusters(x, k_max=8)
         3
     """
+    estimate = score_num_clusters(x, k_max, seed, metric=metric)
+    if not estimate.structured:
+        warnings.warn(f"estimate_num_clusters returns K={estimate.k}, but {estimate.explain()}",
+                      NoClusterStructureWarning, stacklevel=2)
+    return estimate.k
+
+
+def score_num_clusters(
+    x: torch.Tensor | np.ndarray,
+    k_max: int,
+    seed: int = 0,
+    *,
+    metric: str = "euclidean",
+) -> KEstimate:
+    """:func:`estimate_num_clusters` with its evidence: each criterion's answer, the mean
+    silhouette per ``K`` and whether the features show clear structure (no warning)."""
+    start = time.perf_counter()
     x = _check_inputs(x, k_max, metric)
     k_max = int(k_max)
     if metric == "cosine":
         x = F.normalize(x, dim=1)
     order = torch.from_numpy(np.random.default_rng(seed).permutation(x.shape[0]))
-    x = x[order]  # one shuffle: the first rows of it are the samples of both estimates
-    return max(silhouette_num_clusters(x, k_max, seed), separated_num_clusters(x, k_max, seed))
+    x = _principal_components(x[order][:_SAMPLE_ROWS])  # the first rows are the samples of both
+    candidates, scores = silhouette_curve(x, k_max, seed)
+    by_silhouette = candidates[int(np.argmax(scores))]
+    by_separation = separated_num_clusters(x, k_max, seed)
+    return KEstimate(k=max(by_silhouette, by_separation), by_silhouette=by_silhouette,
+                     by_separation=by_separation, candidates=candidates, silhouette=scores,
+                     structured=max(scores) >= STRUCTURE_SILHOUETTE, seconds=time.perf_counter() - start)
+
+
+def _principal_components(x: torch.Tensor, dims: int = _MAX_DIMS) -> torch.Tensor:
+    """``x`` centred and projected on its first ``dims`` principal components (exact, from
+    the covariance) when it has more columns; distances shrink only by the variance dropped."""
+    x = x - x.mean(0)
+    if x.shape[1] <= dims:
+        return x
+    _, vectors = torch.linalg.eigh(x.double().T @ x.double())  # ascending eigenvalues
+    return (x.double() @ vectors[:, -dims:].flip(1)).to(x.dtype)
 
 
 def silhouette_num_clusters(x: torch.Tensor, k_max: int, seed: int = 0, fit_rows: int = 4000,
                             score_rows: int = 2000) -> int:
     """``K`` in ``2..k_max`` of the highest mean silhouette of k-means on the first rows of
     ``x`` (fit on ``fit_rows``, scored on the first ``score_rows`` of those)."""
+    candidates, scores = silhouette_curve(x, k_max, seed, fit_rows, score_rows)
+    return candidates[int(np.argmax(scores))]
+
+
+def silhouette_curve(x: torch.Tensor, k_max: int, seed: int = 0, fit_rows: int = 4000,
+                     score_rows: int = 2000) -> tuple[list[int], list[float]]:
+    """The candidates ``2..k_max`` and the mean silhouette of k-means at each, fitted on the
+    first ``fit_rows`` rows of ``x`` and scored on the first ``score_rows`` of those."""
     fit = x[:fit_rows]
     score = fit[:score_rows]
     dist = torch.cdist(score.double(), score.double())  # (s, s)
-    best_k, best = 2, -float("inf")
-    for k in range(2, min(k_max, score.shape[0] - 1) + 1):
-        labels = KMeans(k, n_init=2, seed=seed).fit(fit).labels_[: score.shape[0]]
-        value = silhouette_score(dist, labels)
-        if value > best:
-            best_k, best = k, value
-    return best_k
+    candidates = list(range(2, min(k_max, score.shape[0] - 1) + 1))
+    scores = [silhouette_score(dist, KMeans(k, n_init=2, seed=seed).fit(fit).labels_[: score.shape[0]])
+              for k in candidates]
+    return candidates, scores
 
 
 def silhouette_score(dist: torch.Tensor, labels: torch.Tensor) -> float:
