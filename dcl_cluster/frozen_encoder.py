@@ -60,33 +60,18 @@ class FrozenEncoderFeatures:
             with context:
                 return self.forward(x.to(device))
 
-        def serve() -> Any:
-            return dm.serve_cached_features(encode, key, precision, refresh=lambda: self.serve_frozen_features(dm))
+        def any_rank(flag: bool) -> bool:
+            return trainer.strategy.reduce_boolean_decision(flag, all=False)
 
         self._cached_weights = None  # forward runs the encoder while the cache is made
         backbone.to(device).eval()
-        try:
-            path = serve() if trainer.world_size == 1 else self._serve_rank_zero_first(serve)
+        try:  # every process encodes its share of the batches; rank 0 writes the one file
+            path = dm.serve_cached_features(encode, key, precision, refresh=lambda: self.serve_frozen_features(dm),
+                                            rank=trainer.global_rank, world=trainer.world_size, any_rank=any_rank)
         finally:
             backbone.to(home).train(mode)
         self._cached_weights = key
         rank_zero_info(f"The encoder is frozen: training on its cached features ({path})")
-
-    def _serve_rank_zero_first(self, serve: Any) -> Any:
-        """Rank 0 makes the cache file, then the other ranks read it; a failure on rank 0 is
-        raised on every rank (none waits at a barrier for it)."""
-        strategy, error = self.trainer.strategy, None
-        if self.trainer.is_global_zero:
-            try:
-                path = serve()
-            except Exception as err:  # noqa: BLE001 - re-raised below, after the others hear of it
-                error = err
-        failed = strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
-        if error is not None:
-            raise error
-        if failed is not None:
-            raise RuntimeError(f"rank 0 could not make the feature cache: {failed}")
-        return path if self.trainer.is_global_zero else serve()
 
     def check_cached_weights(self) -> None:
         """After a checkpoint restore: the encoder must still have the weights whose features

@@ -211,6 +211,52 @@ def test_two_gloo_ranks_train_on_one_cache_file(tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+class RowCountingCNN(SmallCNN):
+    """A frozen SmallCNN that appends the rows of every batch it encodes to ``<folder>/rows-<rank>``
+    (module level: ddp_spawn pickles it into the ranks)."""
+
+    def __init__(self, folder):
+        super().__init__(1, 8)
+        self.folder = folder
+
+    def forward(self, x):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        with open(f"{self.folder}/rows-{rank}", "a") as f:
+            f.write(f"{x.shape[0]}\n")
+        return super().forward(x)
+
+
+def test_two_gloo_ranks_each_encode_half_and_write_the_file_one_process_writes(tmp_path):
+    torch.manual_seed(0)
+    weights = SmallCNN(1, 8).state_dict()
+
+    def encoder(folder):
+        folder.mkdir()
+        cnn = RowCountingCNN(str(folder))
+        cnn.load_state_dict(weights)
+        return cnn.requires_grad_(False)
+
+    def rows(folder):
+        return {path.name: sum(int(v) for v in path.read_text().split()) for path in folder.glob("rows-*")}
+
+    fit(encoder(tmp_path / "rows1"), digits(tmp_path / "one", batch_size=32), epochs=2)
+    module = DebiasedClusterModule.from_preset("dcl_cluster", backbone=encoder(tmp_path / "rows2"), warmup_epochs=1,
+                                               in_channels=1, input_size=8, num_clusters=10)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    trainer.fit(module, digits(tmp_path / "two", batch_size=32))
+    (one,), (two,) = (list((tmp_path / run / "cache").glob("features-*")) for run in ("one", "two"))
+    assert one.name == two.name  # the same key, and nothing else left there (no shares, no temporary files)
+    expected, got = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    assert set(got) == set(expected) == {"views", "clean", "test"}
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    alone, shared = rows(tmp_path / "rows1"), rows(tmp_path / "rows2")
+    assert set(shared) == {"rows-0", "rows-1"} and sum(shared.values()) == alone["rows-0"]
+    assert all(abs(count - alone["rows-0"] / 2) <= 2 * 32 for count in shared.values())  # about half each
+
+
 def test_images_come_back_with_the_clean_view_asked_for_while_features_were_served(tmp_path):
     dm = digits(tmp_path)
     fit(frozen_cnn(), dm, preset="dcl")  # no term needs the un-augmented view

@@ -15,6 +15,9 @@ depend on: the images (array bytes, or file paths with sizes and modification ti
 long-tailed subset, the image size, normalisation and view preset, the seed, the number of
 cached views, the precision and the encoder's class and weights. A changed image or weight
 gives a new file; nothing is ever overwritten in place (files are written whole, then renamed).
+Several processes (DDP) build it together: each encodes every ``world``-th batch of every split
+(the batches one process encodes, so the same views) and writes its share beside the file; rank
+0 assembles the shares into the file one process writes, so any number of processes reads it.
 """
 
 from __future__ import annotations
@@ -96,57 +99,131 @@ def cache_key(parts: Mapping[str, Any]) -> str:
 
 
 @torch.no_grad()
-def encode_rows(encode: Callable[[Tensor], Tensor], loader: DataLoader, num_rows: int,
-                copies: int = 1) -> Tensor:
-    """``(num_rows, copies, F)`` features of a loader's batches, each row at its batch index.
+def encode_shard(encode: Callable[[Tensor], Tensor], loader: DataLoader, copies: int = 1) -> tuple[Tensor, Tensor]:
+    """``(rows, features)`` of the batches a loader yields (all of a split, or one rank's share):
+    the rows' indices ``(R,)`` and their features ``(R, copies, F)``.
 
     The loader yields ``(x, y, index)`` (one copy) or ``(views, y, index)`` whose first two
     views are copies ``2e`` and ``2e + 1`` of epoch ``e``; ``copies`` is what one pass fills
-    (1 or 2). Rows the loader never yields raise (a cache must not hold zeros)."""
-    out: Tensor | None = None
-    seen = torch.zeros(num_rows, dtype=torch.bool)
+    (1 or 2). A batch is stored in float16 (:data:`STORE_DTYPE`) where it fits, else in
+    float32: a decision per batch, so the stored values do not depend on which process encoded
+    which batches. No batch: ``(0,)`` rows and ``(0, copies, 0)`` features."""
+    rows, feats = [], []
     for batch in loader:
         xs, index = batch[0], batch[2]
         if isinstance(xs, Mapping):
             xs = [xs["a"], xs["b"]]
         xs = [xs] if isinstance(xs, Tensor) else list(xs)[:copies]
-        feats = [encode(x).float().flatten(1).cpu() for x in xs]
-        if out is None:
-            out = torch.zeros(num_rows, copies, feats[0].shape[1], dtype=STORE_DTYPE)
-        if out.dtype == STORE_DTYPE and max(float(f.abs().max()) for f in feats) > torch.finfo(STORE_DTYPE).max:
-            out = out.float()  # features beyond float16's range: keep them whole
-        for c, f in enumerate(feats):
-            out[index, c] = f.to(out.dtype)
-        seen[index] = True
-    if out is None or not bool(seen.all()):
-        missing = int((~seen).sum())
-        raise RuntimeError(f"the feature cache's loader left {missing} of {num_rows} rows unseen")
+        f = torch.stack([encode(x).float().flatten(1).cpu() for x in xs], dim=1)  # (B, copies, F)
+        fits = float(f.abs().max()) <= torch.finfo(STORE_DTYPE).max  # beyond float16's range: keep it whole
+        feats.append(f.to(STORE_DTYPE) if fits else f)
+        rows.append(torch.as_tensor(index, dtype=torch.long))
+    if not rows:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, copies, 0, dtype=STORE_DTYPE)
+    dtype = STORE_DTYPE if all(f.dtype == STORE_DTYPE for f in feats) else torch.float32
+    return torch.cat(rows), torch.cat([f.to(dtype) for f in feats])
+
+
+def scatter_rows(parts: list[tuple[Tensor, Tensor]], num_rows: int) -> Tensor:
+    """``(num_rows, copies, F)`` from :func:`encode_shard`'s ``(rows, features)`` parts (one per
+    process), each row at its index; float16 unless a part is float32. Rows no part holds raise
+    (a cache must not hold zeros)."""
+    parts = [(rows, f) for rows, f in parts if len(rows)]
+    seen = torch.zeros(num_rows, dtype=torch.bool)
+    if not parts:
+        raise RuntimeError(f"the feature cache's loader left {num_rows} of {num_rows} rows unseen")
+    dtype = STORE_DTYPE if all(f.dtype == STORE_DTYPE for _, f in parts) else torch.float32
+    out = torch.zeros(num_rows, *parts[0][1].shape[1:], dtype=dtype)
+    for rows, f in parts:
+        out[rows] = f.to(dtype)
+        seen[rows] = True
+    if not bool(seen.all()):
+        raise RuntimeError(f"the feature cache's loader left {int((~seen).sum())} of {num_rows} rows unseen")
     return out
+
+
+def encode_rows(encode: Callable[[Tensor], Tensor], loader: DataLoader, num_rows: int,
+                copies: int = 1) -> Tensor:
+    """``(num_rows, copies, F)`` features of a loader's batches, each row at its batch index
+    (:func:`encode_shard` then :func:`scatter_rows`). Rows the loader never yields raise."""
+    return scatter_rows([encode_shard(encode, loader, copies)], num_rows)
+
+
+def read_cache(path: Path) -> dict[str, Tensor]:
+    """The tensors of the cache file at ``path`` (memory-mapped), or ``ValueError`` naming a damaged one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - a damaged file is named, never silently replaced
+        raise ValueError(f"the feature cache {path} cannot be read ({type(err).__name__}: "
+                         f"{(str(err).splitlines() or [''])[0]}); delete it "
+                         "to compute the features again") from None
+
+
+def check_writable(folder: Path) -> None:
+    """Make ``folder`` and write a probe file in it, or raise ``ValueError`` naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"the feature cache folder {folder} cannot be written ({err.strerror}): set "
+                         "feature_cache_dir to a writable folder, or feature_cache: false") from None
 
 
 def load_or_build(path: Path, build: Callable[[], dict[str, Tensor]]) -> tuple[dict[str, Tensor], bool]:
     """The cache file at ``path``, or ``build()`` written there (whole, then renamed, so an
     interrupted write leaves no half file). Returns ``(tensors, built)``."""
     if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), False
-        except Exception as err:  # noqa: BLE001 - a damaged file is named, never silently replaced
-            raise ValueError(f"the feature cache {path} cannot be read ({type(err).__name__}: "
-                             f"{(str(err).splitlines() or [''])[0]}); delete it "
-                             "to compute the features again") from None
-    try:  # before the encoder's work: a folder that cannot be written is said at once
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".write-test-{uuid.uuid4().hex}")
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"the feature cache folder {path.parent} cannot be written ({err.strerror}): set "
-                         "feature_cache_dir to a writable folder, or feature_cache: false") from None
+        return read_cache(path), False
+    check_writable(path.parent)  # before the encoder's work: a folder that cannot be written is said at once
     tensors = build()
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
     torch.save(tensors, tmp)
     os.replace(tmp, path)
     return tensors, True
+
+
+def build_sharded(path: Path, build_shard: Callable[[], dict[str, Any]],
+                  assemble: Callable[[list[dict[str, Any]]], dict[str, Tensor]], rank: int, world: int,
+                  any_rank: Callable[[bool], bool]) -> tuple[dict[str, Tensor], bool]:
+    """:func:`load_or_build` across ``world`` processes that each encode a share: every rank
+    runs ``build_shard()`` (its batches of every split) and writes it beside ``path``
+    (``<name>.part<rank>of<world>``); once all have, rank 0 ``assemble``s the parts into the one
+    cache file (the same file one process writes, so any number of processes reads it) and
+    removes them. ``any_rank(flag)`` is a collective every rank calls at the same points: whether
+    any rank passed ``True`` (a failure on one rank is raised on every rank; none waits for it).
+    Returns ``(tensors, built)``."""
+    if not any_rank(not path.exists()):  # every rank sees the file: nobody builds
+        return read_cache(path), False
+    part_path = path.with_name(f"{path.name}.part{rank}of{world}")
+    error: Exception | None = None
+    try:
+        check_writable(path.parent)  # before the encoder's work
+        part = build_shard()
+        tmp = part_path.with_name(f"{part_path.name}.{uuid.uuid4().hex}.tmp")
+        torch.save(part, tmp)
+        os.replace(tmp, part_path)
+    except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+        error = err
+    if any_rank(error is not None):
+        part_path.unlink(missing_ok=True)
+        raise error or RuntimeError("another process failed to encode its share of the feature cache")
+    if rank == 0:
+        try:
+            names = [path.with_name(f"{path.name}.part{r}of{world}") for r in range(world)]
+            parts = [torch.load(name, map_location="cpu", weights_only=True) for name in names]
+            load_or_build(path, lambda: assemble(parts))
+            for name in names:
+                name.unlink()
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            error = err
+    if any_rank(error is not None):
+        raise error or RuntimeError("rank 0 could not assemble the feature cache from the processes' shares")
+    if any_rank(not path.exists()):
+        raise ValueError(f"a process does not see the feature cache {path} that rank 0 wrote: the processes "
+                         "must share feature_cache_dir (or set feature_cache: false)")
+    return read_cache(path), True
 
 
 class FeatureRows(Dataset):

@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from dcl_cluster.data.datasets import EvalDataset, SeededEpochSampler
 from dcl_cluster.data.feature_cache import (
     CachedViewDataset,
     FeatureRows,
+    build_sharded,
     cache_key,
     default_cache_dir,
-    encode_rows,
+    encode_shard,
     images_fingerprint,
     load_or_build,
+    scatter_rows,
 )
 
 __all__ = ["CachedFeatureServing"]
@@ -28,7 +31,9 @@ class CachedFeatureServing:
     collates, ``hparams`` with ``feature_cache_dir`` and ``cached_views``, and ``_info``)."""
 
     def serve_cached_features(self, encode: Callable[[torch.Tensor], torch.Tensor], weights_key: str,
-                              precision: str = "32-true", refresh: Callable[[], Any] | None = None) -> Path:
+                              precision: str = "32-true", refresh: Callable[[], Any] | None = None,
+                              rank: int = 0, world: int = 1,
+                              any_rank: Callable[[bool], bool] | None = None) -> Path:
         """Serve a frozen encoder's features instead of images, from the feature cache
         (:mod:`dcl_cluster.data.feature_cache`), computing them once when the cache has no file
         for this data and these weights.
@@ -47,6 +52,13 @@ class CachedFeatureServing:
             precision: the precision ``encode`` runs in: part of the key.
             refresh: called instead when a checkpoint's training subset replaces the current
                 one (``DebiasedClusterModule`` passes its own setup of the cache).
+            rank: This process's rank among ``world`` processes that build the cache together:
+                each encodes every ``world``-th batch of every split (the batches one process
+                encodes, so the file is the same), rank 0 writes the file
+                (:func:`~dcl_cluster.data.feature_cache.build_sharded`).
+            world: The number of processes that call this together (1: alone).
+            any_rank: With ``world > 1``, a collective every process calls at the same points:
+                whether any process passed ``True``.
 
         Returns:
             The cache file.
@@ -65,26 +77,41 @@ class CachedFeatureServing:
         def indexed(dataset):
             return EvalDataset(dataset.images, dataset.labels, dataset.transform, with_index=True)
 
-        def build() -> dict[str, torch.Tensor]:
+        epochs = (views + 1) // 2  # the views image training draws in epochs 0, 1, ... (two per epoch)
+        clean = EvalDataset(self.train_dataset.images, self.train_dataset.labels,
+                            self.train_eval_dataset.transform, with_index=True)
+        splits = {"clean": (clean, n), "test": (indexed(self.test_dataset), len(self.test_dataset))}
+        if use_val:
+            splits["val"] = (indexed(self.val_dataset), len(self.val_dataset))
+
+        def build_shard() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+            """``(rows, features)`` of this process's batches (every ``world``-th) of every split."""
+            share = f" (this process's share: every {world}th batch)" if world > 1 else ""
             self._info(f"Computing the frozen encoder's features once: {n} training images x {views} augmented "
-                           f"views + un-augmented, and the evaluation images; cached in {path}")
-            sampler, parts = SeededEpochSampler(n, hp.seed, augmentation_seeds=True), []
-            for epoch in range((views + 1) // 2):  # the views image training draws in epochs 0, 1, ...
+                       f"views + un-augmented, and the evaluation images{share}; cached in {path}")
+            out, sampler = {}, SeededEpochSampler(n, hp.seed, augmentation_seeds=True)
+            for epoch in range(epochs):
                 sampler.set_epoch(epoch)  # in training's batches: the photometric seed is the batch's
-                loader = self._loader(self.train_dataset, self.batch_size, self._view_collate, sampler=sampler)
-                parts.append(encode_rows(encode, loader, n, copies=2))
-            clean = EvalDataset(self.train_dataset.images, self.train_dataset.labels,
-                                self.train_eval_dataset.transform, with_index=True)
-            out = {"views": torch.cat(parts, dim=1)[:, :views].contiguous(),
-                   "clean": encode_rows(encode, self._loader(clean, batch, self._eval_collate), n)[:, 0],
-                   "test": encode_rows(encode, self._loader(indexed(self.test_dataset), batch, self._eval_collate),
-                                       len(self.test_dataset))[:, 0]}
-            if use_val:
-                out["val"] = encode_rows(encode, self._loader(indexed(self.val_dataset), batch, self._eval_collate),
-                                         len(self.val_dataset))[:, 0]
+                loader = self._shard_loader(self.train_dataset, self.batch_size, self._view_collate, sampler,
+                                            rank, world)
+                out[f"views{epoch}"] = encode_shard(encode, loader, copies=2)
+            for name, (dataset, size) in splits.items():
+                loader = self._shard_loader(dataset, batch, self._eval_collate, SequentialSampler(range(size)),
+                                            rank, world)
+                out[name] = encode_shard(encode, loader)
             return out
 
-        cached, built = load_or_build(path, build)
+        def assemble(shards: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+            drawn = [scatter_rows([s[f"views{e}"] for s in shards], n) for e in range(epochs)]
+            out = {"views": torch.cat(drawn, dim=1)[:, :views].contiguous()}
+            for name, (_, size) in splits.items():
+                out[name] = scatter_rows([s[name] for s in shards], size)[:, 0]
+            return out
+
+        if world > 1:
+            cached, built = build_sharded(path, build_shard, assemble, rank, world, any_rank)
+        else:
+            cached, built = load_or_build(path, lambda: assemble([build_shard()]))
         expected = {"views": (n, views), "clean": (n,), "test": (len(self.test_dataset),)}
         if use_val:
             expected["val"] = (len(self.val_dataset),)
@@ -105,6 +132,14 @@ class CachedFeatureServing:
                             else self.test_dataset)
         self._feature_key, self._refresh_features, self.feature_cache_path = (weights_key, precision), refresh, path
         return path
+
+    def _shard_loader(self, dataset, batch_size: int, collate, sampler, rank: int, world: int) -> DataLoader:
+        """The loader of every ``world``-th batch from ``rank`` of those ``sampler`` makes in batches of
+        ``batch_size`` (all of them for one process): the same batches, so the same views."""
+        batches = list(BatchSampler(sampler, batch_size, drop_last=False))[rank::world]
+        loader = self._loader(dataset, batch_size, collate)  # the datamodule's loader settings
+        return DataLoader(dataset, batch_sampler=batches, num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator)
 
     def feature_cache_file(self, weights_key: str, precision: str = "32-true") -> Path:
         """The cache file :meth:`serve_cached_features` reads (or writes) for these images, this
