@@ -65,7 +65,8 @@ def test_the_cluster_folder_guide_as_written(newcomer, capsys):
     work, photos = newcomer
     fit = guide_commands("fit")[0]          # the first command of step 2: the guide's main route
     assert fit[:2] == ["--config", "examples/configs/cluster_folder.yaml"] and "/path/to/photos" in fit
-    main(["fit", *[str(photos) if a == "/path/to/photos" else a for a in fit], *SMALL])
+    cache = f"--data.feature_cache_dir={work / 'feature_cache'}"    # a frozen encoder's features stay here
+    main(["fit", *[str(photos) if a == "/path/to/photos" else a for a in fit], *SMALL, cache])
     out, err = capsys.readouterr()
 
     run = Path(guide_run_folder())          # runs/cluster_folder/dcl_cluster/version_0, relative to here
