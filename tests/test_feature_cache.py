@@ -257,6 +257,68 @@ def test_two_gloo_ranks_each_encode_half_and_write_the_file_one_process_writes(t
     assert all(abs(count - alone["rows-0"] / 2) <= 2 * 32 for count in shared.values())  # about half each
 
 
+def _ranks_in_threads(world, run):
+    """``run(rank, any_rank)`` on ``world`` threads with an ``any_rank`` collective: each rank's result or error."""
+    import threading
+
+    barrier, flags, results = threading.Barrier(world), [False] * world, [None] * world
+
+    def any_rank(rank, flag):
+        barrier.wait()
+        flags[rank] = flag
+        barrier.wait()
+        decision = any(flags)
+        barrier.wait()
+        return decision
+
+    def target(rank):
+        try:
+            results[rank] = run(rank, lambda flag: any_rank(rank, flag))
+        except Exception as err:  # noqa: BLE001 - the test reads it
+            results[rank] = err
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_a_sharded_build_assembles_the_shares_and_a_failure_on_one_rank_is_raised_on_every_rank(tmp_path):
+    from dcl_cluster.data.feature_cache import build_sharded, scatter_rows
+
+    rows = torch.arange(10)
+    features = torch.randn(10, 1, 3).half()
+
+    def assemble(shares):
+        return {"x": scatter_rows([share["x"] for share in shares], 10)}
+
+    def shard(rank):
+        mine = rows[rank::2]
+        return {"x": (mine, features[mine])}
+
+    path = tmp_path / "features-x.pt"
+    results = _ranks_in_threads(2, lambda r, any_rank: build_sharded(path, lambda: shard(r), assemble, r, 2, any_rank))
+    for tensors, built in results:
+        assert built and torch.equal(tensors["x"], features)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features-x.pt"]  # the shares are gone
+    again = _ranks_in_threads(2, lambda r, any_rank: build_sharded(path, lambda: 1 / 0, assemble, r, 2, any_rank))
+    assert [built for _, built in again] == [False, False]  # found: nobody encodes
+
+    def failing(rank):
+        if rank == 1:
+            raise OSError("disk full")
+        return shard(rank)
+
+    other = tmp_path / "features-y.pt"
+    results = _ranks_in_threads(2, lambda r, any_rank: build_sharded(other, lambda: failing(r), assemble, r, 2,
+                                                                      any_rank))
+    assert isinstance(results[1], OSError) and "disk full" in str(results[1])
+    assert isinstance(results[0], RuntimeError) and "another process failed" in str(results[0])
+    assert not other.exists() and not list(tmp_path.glob("features-y.pt.part*"))
+
+
 def test_images_come_back_with_the_clean_view_asked_for_while_features_were_served(tmp_path):
     dm = digits(tmp_path)
     fit(frozen_cnn(), dm, preset="dcl")  # no term needs the un-augmented view
