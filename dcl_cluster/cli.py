@@ -49,9 +49,10 @@ SUBCOMMAND_DESCRIPTIONS = {
             "Example: dcl-cluster fit --config examples/configs/digits_lt.yaml"),
     "validate": "Score a checkpoint (--ckpt_path) on the validation split.",
     "test": "Score a checkpoint (--ckpt_path) on the held-out test split.",
-    "predict": ("Cluster every image from a checkpoint (the held-out split; the whole folder for dataset "
-                "'images') and write predictions.csv, a contact sheet per cluster and the cluster sizes into "
-                "the run's folder. Example: dcl-cluster predict --config <run>/config.yaml --ckpt_path "
+    "predict": ("Cluster every image (the held-out split; the whole folder for dataset 'images') with the "
+                "trained model of --ckpt_path (required) and write predictions.csv, a contact sheet per cluster "
+                "and the cluster sizes into the run's folder, replacing an earlier predict's. Example: "
+                "dcl-cluster predict --config <run>/config.yaml --ckpt_path "
                 "<run>/checkpoints/last.ckpt"),
 }
 DEBUG_ENV = "DCL_CLUSTER_DEBUG"
@@ -411,8 +412,9 @@ class DCLClusterCLI(LightningCLI):
         )
         parser.add_argument(
             "--predictions_dir", type=str | None, default=None,
-            help="predict: folder of predictions.csv and clusters/*.png; default the run folder of "
-            "--ckpt_path (the folder above its checkpoints/), else <default_root_dir>/predictions.",
+            help="predict: folder of predictions.csv and clusters/*.png (an earlier predict's files there are "
+            "replaced); default the run folder of --ckpt_path (the folder above its checkpoints/), else "
+            "<default_root_dir>/predictions.",
         )
 
     def _subcommand_config(self):
