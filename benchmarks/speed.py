@@ -224,14 +224,16 @@ def _transport_contenders(logits: torch.Tensor, rho: float, iters: int) -> dict:
 
 
 def _counting_iterations(solve, *args):
-    """``solve(*args)`` and its scaling iterations, counted (untimed): ``partial_ot_targets`` calls
-    ``torch.mv`` once per iteration (``G b``) and nowhere else."""
-    calls, real = [], torch.mv
-    torch.mv = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    """``solve(*args)`` and its scaling iterations, counted (untimed): the linear-space iterations
+    of ``partial_ot_targets`` call ``pseudo_labels._scaling_step`` once each."""
+    from dcl_cluster.losses import pseudo_labels
+
+    calls, real = [], pseudo_labels._scaling_step
+    pseudo_labels._scaling_step = lambda *a: calls.append(1) or real(*a)
     try:
         result = solve(*args)
     finally:
-        torch.mv = real
+        pseudo_labels._scaling_step = real
     return result, len(calls)
 
 

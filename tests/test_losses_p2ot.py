@@ -90,9 +90,9 @@ class TestPartialOTTargets:
 
         logits = torch.nn.functional.normalize(logits_of(120, 6, seed=4), dim=1) * 10  # a cosine head
         fixed_point = reference_partial_ot(logits.numpy(), 0.1, max_iters=20000, tol=1e-12)
-        mat_vecs = []
-        real_mv = torch.mv
-        monkeypatch.setattr(torch, "mv", lambda *a: mat_vecs.append(1) or real_mv(*a))
+        mat_vecs = []  # the iterations: one scaling step (G^T (1 / (G b))) each
+        real_step = pseudo_labels._scaling_step
+        monkeypatch.setattr(pseudo_labels, "_scaling_step", lambda *a: mat_vecs.append(1) or real_step(*a))
         counts, shipped = {}, pseudo_labels.EXTRAPOLATE_LAST
         for depth in (shipped, 0):
             monkeypatch.setattr(pseudo_labels, "EXTRAPOLATE_LAST", depth)
@@ -114,6 +114,24 @@ class TestPartialOTTargets:
         t = partial_ot_targets(logits, 0.3, max_iters=5000, tol=1e-10)
         assert len(jumps) == pseudo_labels.FAILED_JUMPS_ALLOWED
         np.testing.assert_allclose(t.numpy(), fixed_point, atol=1e-7, rtol=0)
+
+    @pytest.mark.parametrize("rho", [0.2, 1.0])
+    def test_block_by_block_mat_vecs_are_the_loops_iterations(self, rho, monkeypatch):
+        from dcl_cluster.losses import pseudo_labels
+
+        monkeypatch.setattr(pseudo_labels, "FUSED_BLOCK_ROWS", 7)  # 40 rows: blocks of 7, the last of 5
+        steps = []
+        real = pseudo_labels._scaling_step
+        monkeypatch.setattr(pseudo_labels, "_scaling_step",
+                            lambda g, blocks, b: steps.append(blocks) or real(g, blocks, b))
+        logits = logits_of(40, 4, seed=15)
+        got = partial_ot_targets(logits, rho, max_iters=7, tol=0.0)  # before any jump: the plain iterations
+        assert [len(blocks) for blocks in steps] == [6] * 7
+        expected = reference_partial_ot(logits.numpy(), rho, 0.1, 1.0, max_iters=7, tol=0.0)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-12)
+        fixed_point = reference_partial_ot(logits.numpy(), rho, max_iters=20000, tol=1e-13)
+        np.testing.assert_allclose(partial_ot_targets(logits, rho, max_iters=20000, tol=1e-12).numpy(), fixed_point,
+                                   atol=1e-9, rtol=0)
 
     def test_extrapolation_of_geometric_iterates_is_their_limit(self):
         from dcl_cluster.losses.pseudo_labels import _extrapolate

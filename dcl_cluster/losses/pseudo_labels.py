@@ -56,6 +56,19 @@ CHECK_EVERY = 16
 EXTRAPOLATE_LAST = 6
 #: extrapolations that left the change larger than before them, after which a solve stops jumping
 FAILED_JUMPS_ALLOWED = 3
+#: on a CPU, kernels of more than twice this many rows run both mat-vecs of an iteration block by
+#: block of this many rows (the block's second pass reads it from the cache: one pass over memory)
+FUSED_BLOCK_ROWS = 1024
+
+
+def _scaling_step(g: Tensor, blocks: list[Tensor] | None, b: Tensor) -> Tensor:
+    """``G^T (1 / (G b))`` ``(cols,)``: two mat-vecs, or per block of rows both at once."""
+    if blocks is None:
+        return torch.reciprocal(torch.mv(g, b)) @ g  # one copy of G: half the cache
+    out = torch.zeros_like(b)
+    for block in blocks:  # (rows, cols) each
+        out.addmv_(block.T, torch.reciprocal(torch.mv(block, b)))
+    return out
 
 
 def _extrapolate(history: Tensor) -> Tensor:
@@ -91,7 +104,8 @@ def _rescaled_kernel(x: Tensor, epsilon: float, cols: int) -> Tensor:
 def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power: float, max_iters: int,
                   tol: float) -> Tensor | None:
     """The scaling iterations in linear space, on the kernel of :func:`_rescaled_kernel`: per
-    iteration two mat-vecs over ``G`` and three element-wise passes over ``K + 1`` numbers.
+    iteration two mat-vecs over ``G`` (:func:`_scaling_step`: on a CPU, block by block for a
+    large ``G``, so one pass over memory) and three element-wise passes over ``K + 1`` numbers.
     ``a`` is never formed (``b = N c / (G^T (1 / (G b)))``). The reference's
     stopping rule (``||b - b_prev||_2 < tol``) is read on the host every :data:`CHECK_EVERY`
     iterations, so a solve runs up to ``CHECK_EVERY - 1`` iterations past the reference's stop
@@ -110,13 +124,15 @@ def _scale_linear(g: Tensor, log_c: Tensor, log_b: Tensor, k: int, n: int, power
     powers = torch.ones_like(b)
     powers[:k] = power
     depth = min(EXTRAPOLATE_LAST, CHECK_EVERY) if b.dtype == torch.float64 else 0  # not in float32 (MPS)
+    fused = g.device.type == "cpu" and len(g) > 2 * FUSED_BLOCK_ROWS
+    blocks = list(g.split(FUSED_BLOCK_ROWS)) if fused else None
     recent: list[Tensor] = []  # b of the period's last iterates (fresh tensors: kept, not copied)
     last_change, jumped, failed = math.inf, False, 0
     for it in range(max_iters):
         pos = it % CHECK_EVERY
         check = pos == CHECK_EVERY - 1 or it == max_iters - 1
         prev = b
-        b = torch.pow(nc / (torch.reciprocal(torch.mv(g, b)) @ g), powers)  # one copy of G: half the cache
+        b = torch.pow(nc / _scaling_step(g, blocks, b), powers)
         if depth > 1 and pos >= CHECK_EVERY - depth:
             recent.append(b)
         if check:
