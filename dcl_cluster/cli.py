@@ -40,7 +40,9 @@ __all__ = ["DCLClusterCLI", "PREDICTION_OUTPUTS", "RunCheckpoint", "check_checkp
 DESCRIPTION = (
     "dcl-cluster: joint debiased contrastive learning and clustering on long-tailed images. "
     "Trains DebiasedClusterModule on a LongTailDataModule, scores the clusters of the final "
-    "model, keeps checkpoints/last.ckpt every epoch; --ckpt_path last resumes the latest run."
+    "model, keeps checkpoints/last.ckpt every epoch; --ckpt_path last resumes the latest run. "
+    "`dcl-cluster recluster --predictions FOLDER --num_clusters K` clusters the features a predict "
+    "saved again at another K, in seconds."
 )
 SUBCOMMAND_DESCRIPTIONS = {
     "fit": ("Train DebiasedClusterModule (joint debiased contrastive learning and clustering) on a "
@@ -220,16 +222,18 @@ def check_output_folder(subcommand: str, config) -> None:
         check_writable_folder(runs_root(trainer_config), "the run folder", option)
 
 
-PREDICTION_OUTPUTS = ("predictions.csv", "report.html", "clusters")  # what predict writes into its folder
+PREDICTION_OUTPUTS = ("predictions.csv", "report.html", "clusters", "features.pt")  # what predict writes
+RECLUSTER_OUTPUTS = "recluster_k*"  # what recluster wrote from an earlier predict's features.pt
 
 
 def clear_previous_predictions(folder: str | os.PathLike) -> list[Path]:
     """Remove what an earlier ``predict`` wrote into ``folder`` (:data:`PREDICTION_OUTPUTS`: the
-    CSV, the report, the ``clusters/`` pictures), so that new results never sit beside old ones
+    CSV, the report, the ``clusters/`` pictures, the saved features and the ``recluster_k*/``
+    folders made from them), so that new results never sit beside old ones
     (a 2-cluster run beside an earlier run's ``cluster_002..009.png``). Other files stay. Returns
     what was removed."""
     removed = []
-    for name in PREDICTION_OUTPUTS:
+    for name in [*PREDICTION_OUTPUTS, *sorted(p.name for p in Path(folder).glob(RECLUSTER_OUTPUTS) if p.is_dir())]:
         path = Path(folder) / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

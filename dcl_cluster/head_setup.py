@@ -11,16 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcl_cluster.cluster.centroids import kmeans_centroids
-from dcl_cluster.cluster.estimate_k import KEstimate, score_num_clusters
+from dcl_cluster.cluster.estimate_k import KEstimate, NoClusterStructureError, score_num_clusters
 from dcl_cluster.nn import cluster_head, feature_dim
 from dcl_cluster.objectives.assembly import check_num_clusters
 
 __all__ = ["ClusterHeadSetup", "NoClusterStructureError"]
 
-
-class NoClusterStructureError(ValueError):
-    """``num_clusters="auto"`` found no clear cluster structure in the training features, so
-    it stops instead of training with a guessed ``K``."""
 
 
 class ClusterHeadSetup:

@@ -6,8 +6,8 @@ command line from ``fit`` to ``predict``'s CSV and pictures.
 """
 
 import csv
-import json
 import importlib.util
+import json
 import warnings
 from pathlib import Path
 
@@ -253,8 +253,9 @@ def test_an_auto_checkpoint_reloads_and_resumes_with_the_estimated_head(tmp_path
 def test_auto_on_features_without_structure_stops_with_the_scores_and_never_trains_a_guess(tmp_path):
     # digits through a width-8 CNN after one epoch: mean silhouette about 0.2 at every K
     # (measured 0.19-0.20 at K=2, 0.11-0.14 beyond), the issue's "weak features" case
-    from dcl_cluster.head_setup import NoClusterStructureError
     from lightning.pytorch.loggers import CSVLogger
+
+    from dcl_cluster.head_setup import NoClusterStructureError
 
     torch.manual_seed(0)
     module = auto_module()
@@ -311,6 +312,12 @@ def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(t
     assert sheets == sorted([f"cluster_{c:03d}.png" for c in used] + ["cluster_sizes.png"])
     page = (run / "report.html").read_text()  # beside predictions.csv, every used cluster on it
     assert all(f'id="c{c}"' in page for c in used) and page.count('<section class="cluster"') == len(used)
+    # the features predict saved give another K in seconds, without another fit
+    from dcl_cluster.recluster import recluster_folder
+
+    again = recluster_folder(run, 2)
+    assert again["folder"] == run / "recluster_k002" and "k-means (K = 2" in again["how"]
+    assert len(list(csv.DictReader(open(again["folder"] / "predictions.csv")))) == 64
 
 
 def test_predict_on_a_labelled_source_writes_the_label_column(tmp_path):

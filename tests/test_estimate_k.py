@@ -1,12 +1,12 @@
 """``estimate_num_clusters`` finds the number of well-separated clusters, balanced or with a
 tail of 5% of the head, deterministically, and rejects bad inputs with a message."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import silhouette_score as sklearn_silhouette
-
-import warnings
 
 from dcl_cluster.cluster import KMeans, NoClusterStructureWarning, estimate_num_clusters, score_num_clusters
 from dcl_cluster.cluster.estimate_k import silhouette_num_clusters, silhouette_score

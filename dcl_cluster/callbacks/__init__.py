@@ -1,32 +1,34 @@
 """Drop-in Lightning callbacks: clustering scores, kNN/diagnostics and plots of any module.
 
 They rely only on a small protocol (``callbacks.collect``) and public Trainer API, so
-they work in projects that use nothing else of ``dcl_cluster``.
+they work in projects that use nothing else of ``dcl_cluster``. The names are imported
+lazily: ``write_cluster_results`` (``dcl-cluster recluster``) does not pay for Lightning.
 """
 
-from dcl_cluster.callbacks.evaluator import ClusteringEvaluator
-from dcl_cluster.callbacks.knn import KNNEvaluator
-from dcl_cluster.callbacks.plots import (
-    EmbeddingPlots,
-    clustering_figures,
-    embed_2d,
-    match_clusters,
-    plot_cluster_sizes,
-    plot_confusion_matrix,
-    plot_embedding,
-)
-from dcl_cluster.callbacks.predictions import ClusterPredictionWriter, write_cluster_results
+from importlib import import_module
 
-__all__ = [
-    "ClusterPredictionWriter",
-    "ClusteringEvaluator",
-    "EmbeddingPlots",
-    "KNNEvaluator",
-    "clustering_figures",
-    "embed_2d",
-    "match_clusters",
-    "plot_cluster_sizes",
-    "plot_confusion_matrix",
-    "plot_embedding",
-    "write_cluster_results",
-]
+_PUBLIC = {
+    "ClusterPredictionWriter": "dcl_cluster.callbacks.predictions",
+    "ClusteringEvaluator": "dcl_cluster.callbacks.evaluator",
+    "EmbeddingPlots": "dcl_cluster.callbacks.plots",
+    "KNNEvaluator": "dcl_cluster.callbacks.knn",
+    "clustering_figures": "dcl_cluster.callbacks.plots",
+    "embed_2d": "dcl_cluster.callbacks.plots",
+    "match_clusters": "dcl_cluster.callbacks.plots",
+    "plot_cluster_sizes": "dcl_cluster.callbacks.plots",
+    "plot_confusion_matrix": "dcl_cluster.callbacks.plots",
+    "plot_embedding": "dcl_cluster.callbacks.plots",
+    "write_cluster_results": "dcl_cluster.callbacks.cluster_results",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'dcl_cluster.callbacks' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from dcl_cluster.cluster.kmeans import KMeans
 
-__all__ = ["KEstimate", "NoClusterStructureWarning", "estimate_num_clusters", "score_num_clusters"]
+__all__ = ["KEstimate", "NoClusterStructureError", "NoClusterStructureWarning", "estimate_num_clusters",
+           "score_num_clusters"]
 
 _METRICS = ("euclidean", "cosine")
 STRUCTURE_SILHOUETTE = 0.25  # below at every K: "no substantial structure" (Kaufman & Rousseeuw)
@@ -30,6 +31,11 @@ _MAX_DIMS = 128  # principal components kept: k-means' cost grows with the dimen
 
 class NoClusterStructureWarning(UserWarning):
     """The features show no clear cluster structure: an estimated ``K`` is a guess."""
+
+
+class NoClusterStructureError(ValueError):
+    """``num_clusters="auto"`` (the module, ``recluster``) found no clear cluster structure in
+    the features, so it stops instead of going on with a guessed ``K``."""
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from dcl_cluster.cluster.estimate_k import STRUCTURE_SILHOUETTE, KEstimate
 __all__ = ["write_k_scores"]
 
 
-def write_k_scores(estimate: KEstimate, folder: str | os.PathLike) -> Path:
-    """Write ``k_scores.json`` (:meth:`KEstimate.as_dict`) and ``k_scores.png`` into
-    ``folder`` (created); returns the PNG's path."""
+def write_k_scores(estimate: KEstimate, folder: str | os.PathLike, name: str = "k_scores") -> Path:
+    """Write ``<name>.json`` (:meth:`KEstimate.as_dict`) and ``<name>.png`` into ``folder``
+    (created); returns the PNG's path."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -22,7 +22,7 @@ def write_k_scores(estimate: KEstimate, folder: str | os.PathLike) -> Path:
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "k_scores.json").write_text(json.dumps(estimate.as_dict(), indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(estimate.as_dict(), indent=2) + "\n")
     fig = Figure(figsize=(6, 3.2), layout="constrained")
     ax = fig.subplots()
     ax.plot(estimate.candidates, estimate.silhouette, marker="o", color="tab:blue", label="mean silhouette")
@@ -36,6 +36,6 @@ def write_k_scores(estimate: KEstimate, folder: str | os.PathLike) -> Path:
     ax.set_xlabel("K")
     ax.set_ylabel("mean silhouette")
     ax.legend(fontsize=7, loc="best")
-    path = out / "k_scores.png"
+    path = out / f"{name}.png"
     fig.savefig(path, dpi=110)
     return path
