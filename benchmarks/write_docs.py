@@ -704,6 +704,11 @@ def main() -> None:
         path = HERE / "results" / f"{name}.json"
         if path.exists():
             text = _replace_if_marked(text, name.replace("_", "-"), table(json.loads(path.read_text())))
+    k_real_path = HERE / "results" / "estimate_k_real.json"
+    if k_real_path.exists():
+        from benchmarks.estimate_k_real import table as k_real_table
+
+        text = _replace_if_marked(text, "estimate-k-real", k_real_table(json.loads(k_real_path.read_text())))
     DOC.write_text(text)
     print(f"wrote {DOC}", file=sys.stderr)
     pretrained_path = HERE / "results" / "scratch_vs_pretrained.json"

@@ -73,9 +73,8 @@ def test_the_cluster_folder_guide_as_written(newcomer, capsys):
     assert (work / run / "checkpoints" / "last.ckpt").is_file(), sorted(p.name for p in work.rglob("version_*"))
     assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in err
     assert (run / "config.yaml").is_file() and (run / "final_metrics.json").is_file()
-    assert "num_clusters='auto': estimated K=" in out                           # K estimated and said
     k = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["num_clusters"]
-    assert isinstance(k, int) and 2 <= k <= 6                                    # the checkpoint carries K
+    assert k == 10                                                               # the checkpoint carries K
     for noise in ("log_every_n_steps", "Traceback"):
         assert noise not in err, noise
 
@@ -83,11 +82,21 @@ def test_the_cluster_folder_guide_as_written(newcomer, capsys):
     main(["predict", *[a.replace("$run", str(run)) for a in predict]])
     rows = list(csv.DictReader(open(run / "predictions.csv", newline="")))
     assert list(rows[0]) == ["path", "cluster", "confidence"]                   # no labels: no label column
+    assert (run / "report.html").is_file() and (run / "features.pt").is_file()
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in photos.glob("*.png"))   # every image
     assert all(0 <= int(r["cluster"]) < k and 0 < float(r["confidence"]) <= 1 for r in rows)
     sheets = {p.name for p in (run / "clusters").glob("cluster_*.png")}
     assert "cluster_sizes.png" in sheets
     assert {f"cluster_{c:03d}.png" for c in {int(r["cluster"]) for r in rows}} <= sheets
+
+    # the guide's recluster command, as written: another K from the saved features, beside the others
+    from dcl_cluster.console import main as console
+
+    recluster = guide_commands("recluster")[0]
+    console(["recluster", *[a.replace("$run", str(run)) for a in recluster]])
+    again = list(csv.DictReader(open(run / "recluster_k005" / "predictions.csv", newline="")))
+    assert sorted(r["path"] for r in again) == sorted(r["path"] for r in rows)
+    assert {int(r["cluster"]) for r in again} <= set(range(5)) and (run / "recluster_k005" / "report.html").is_file()
 
     # the guide's snippet that reads predictions.csv, as written (the csv module: no pandas)
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S) if "predictions.csv" in b)
