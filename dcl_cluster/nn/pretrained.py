@@ -272,6 +272,7 @@ class TimmBackbone(nn.Module):
         check_timm_name(name)
         if pretrained and weights:
             raise ValueError("pass pretrained=True (timm downloads) or weights=<a local file>, not both")
+        self.name = name  # what report.html names as the encoder
         kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels}
         if image_size is not None:
             kwargs["img_size"] = image_size
