@@ -110,9 +110,9 @@ def louvain_k(x: torch.Tensor, neighbours: int = 15, seed: int = 0) -> int:
     return len(nx.community.louvain_communities(graph, resolution=1.0, seed=seed))
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    value = fn()
+    value = fn(*args, **kwargs)
     return value, round(time.perf_counter() - start, 2)
 
 
@@ -124,9 +124,9 @@ def run(smoke: bool = False, data_dir: str | None = None, threads: int = 2) -> l
     rows = []
     for classes, profile, subsample in mixes(smoke):
         features, labels = draw_mix(x, y, classes, profile, subsample)
-        estimate, seconds = timed(lambda: score_num_clusters(features, K_MAX, seed=subsample, metric="cosine"))
-        (bic, heldout), gmm_seconds = timed(lambda: gmm_curves(features.numpy().astype(np.float64), K_MAX))
-        louvain, louvain_seconds = timed(lambda: louvain_k(features))
+        estimate, seconds = timed(score_num_clusters, features, K_MAX, seed=subsample, metric="cosine")
+        (bic, heldout), gmm_seconds = timed(gmm_curves, features.numpy().astype(np.float64), K_MAX)
+        louvain, louvain_seconds = timed(louvain_k, features)
         row = {"classes": classes, "profile": profile, "subsample": subsample, "n": len(labels),
                "sizes": np.bincount(labels)[np.unique(labels)].tolist(), "k_max": K_MAX,
                "k": {"package": estimate.k, "silhouette": estimate.by_silhouette, "gmm_bic": bic,

@@ -82,6 +82,8 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self.best_model_path and Path(self.best_model_path).is_file():
             self._saved_step = trainer.global_step
+            if trainer.is_global_zero and self.dirpath:  # a good last.ckpt: an earlier error's mark is stale
+                (Path(self.dirpath) / FAILED_MARKER).unlink(missing_ok=True)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: no monitored score, and a resumed run keeps its own last.ckpt
@@ -94,7 +96,7 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.state.fn != "fit":
             return
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and self._saved_step is not None:  # only a last.ckpt this run wrote
                 mark_failed_run(self.dirpath, exception)
             return
         what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
@@ -223,26 +225,16 @@ def check_output_folder(subcommand: str, config) -> None:
 
 
 PREDICTION_OUTPUTS = ("predictions.csv", "report.html", "clusters", "features.pt")  # what predict writes
-RECLUSTER_OUTPUTS = "recluster_k*"  # what recluster wrote from an earlier predict's features.pt
 
 
 def clear_previous_predictions(folder: str | os.PathLike) -> list[Path]:
-    """Remove what an earlier ``predict`` wrote into ``folder`` (:data:`PREDICTION_OUTPUTS`: the
-    CSV, the report, the ``clusters/`` pictures, the saved features and the ``recluster_k*/``
-    folders made from them), so that new results never sit beside old ones
-    (a 2-cluster run beside an earlier run's ``cluster_002..009.png``). Other files stay. Returns
-    what was removed."""
-    removed = []
-    for name in [*PREDICTION_OUTPUTS, *sorted(p.name for p in Path(folder).glob(RECLUSTER_OUTPUTS) if p.is_dir())]:
-        path = Path(folder) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(path)
-    return removed
+    """Remove what an earlier ``predict`` (and ``recluster`` from its features) wrote into
+    ``folder``: exactly the files its manifest lists (:mod:`dcl_cluster.callbacks.outputs`), so
+    that new results never sit beside old ones (a 2-cluster run beside an earlier run's
+    ``cluster_002..009.png``) and no file of yours is touched. Returns what was removed."""
+    from dcl_cluster.callbacks.outputs import clear_recorded_outputs
+
+    return clear_recorded_outputs(folder)
 
 
 class ClearPreviousPredictions(Callback):
@@ -544,7 +536,14 @@ def _worker_error_message(text: str) -> str | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``dcl-cluster`` console script (``args`` default to ``sys.argv``)."""
+    """The LightningCLI subcommands of ``dcl-cluster`` (``args`` default to ``sys.argv``);
+    ``recluster`` goes to :mod:`dcl_cluster.recluster` (the console script sends it there
+    without loading this module)."""
+    if (sys.argv[1:] if args is None else args)[:1] == ["recluster"]:
+        from dcl_cluster.recluster import main as recluster
+
+        recluster(list(sys.argv[2:] if args is None else args[1:]))
+        return
     debug = os.environ.get(DEBUG_ENV) == "1"
     try:
         DCLClusterCLI(

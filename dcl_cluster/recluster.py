@@ -61,18 +61,20 @@ def recluster_folder(folder: str | os.PathLike, num_clusters: int | str, seed: i
     ``<folder>/recluster_k<K>/`` (replacing an earlier one of that K). Returns the folder,
     the files, ``K`` and how the clusters were made."""
     from dcl_cluster.callbacks.cluster_results import write_cluster_results
+    from dcl_cluster.callbacks.outputs import record_outputs, recorded_outputs
     from dcl_cluster.cluster.estimate_k import NoClusterStructureError, score_num_clusters
     from dcl_cluster.cluster.k_scores_plot import write_k_scores
 
     start = time.perf_counter()
     folder = Path(folder).expanduser()
     saved = load_predict_features(folder)
-    k_choice = None
+    k_choice, plot = None, None
     if num_clusters == "auto":
         n = saved["embeddings"].shape[0]
         estimate = score_num_clusters(saved["embeddings"].float(), min(max_clusters, n), seed=seed,
                                       metric=saved.get("metric", "euclidean"))
         plot = write_k_scores(estimate, folder, "recluster_k_scores")
+        record_outputs(folder, [plot, plot.with_suffix(".json")])
         if not estimate.structured:
             raise NoClusterStructureError(f"recluster --num_clusters auto: {estimate.explain()}. Pick K yourself "
                                           f"(--num_clusters N); the scores per K are drawn in {plot}")
@@ -80,9 +82,12 @@ def recluster_folder(folder: str | os.PathLike, num_clusters: int | str, seed: i
     clusters, confidence, how = recluster(saved, num_clusters, seed)
     out = folder / f"{RECLUSTER_PREFIX}{num_clusters:03d}"
     if out.exists():
+        if out.name not in recorded_outputs(folder):
+            raise FileExistsError(f"{out} exists and was not written by recluster; move it away, or pass "
+                                  "--predictions a folder of predict's results")
         import shutil
 
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an earlier recluster at this K: replaced
     summary = {**saved.get("summary", {}), "clusters from": how}
     labels = saved.get("labels")
     labelled = labels is not None and bool((labels >= 0).any())
@@ -90,6 +95,7 @@ def recluster_folder(folder: str | os.PathLike, num_clusters: int | str, seed: i
                                   summary=summary, k_choice=k_choice,
                                   class_names=saved.get("class_names") if labelled else None,
                                   class_counts=saved.get("class_counts") if labelled else None)
+    record_outputs(folder, [out, *([plot, plot.with_suffix(".json")] if plot else [])])
     return {"folder": out, "files": files, "num_clusters": num_clusters, "how": how,
             "seconds": time.perf_counter() - start}
 

@@ -292,7 +292,8 @@ def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(t
     example = load_example("cluster_folder")
     photos = example.make_shape_folder(tmp_path / "photos", counts=(40, 16, 8))
     runs = tmp_path / "runs"
-    main(["fit", "--config", str(example.SCRATCH_CONFIG), f"--data.data_dir={photos}", "--model.max_clusters=8",
+    main(["fit", "--config", str(example.SCRATCH_CONFIG), f"--data.data_dir={photos}", "--model.num_clusters=auto",
+          "--model.max_clusters=8",
           "--trainer.max_epochs=3", "--model.warmup_epochs=2", "--model.backbone_width=8",
           "--data.image_size=16", "--data.batch_size=16", "--data.num_workers=0", "--data.test_fraction=0.2",
           "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",

@@ -116,6 +116,25 @@ def test_ckpt_path_last_skips_a_run_that_ended_in_an_error(tmp_path, capsys):
     assert find_last_checkpoint(tmp_path / "dcl_cluster").parts[-3] == "version_2"
 
 
+def test_a_later_good_run_in_the_same_folder_clears_the_mark_and_a_run_without_a_save_marks_nothing(tmp_path,
+                                                                                                      capsys):
+    # logger: false puts every run into <root>/checkpoints: an error's mark must not outlive a
+    # later good last.ckpt, and a run that fails before it saved must not mark an earlier one's
+    nolog = [*digits(tmp_path, "--trainer.max_epochs=3"), "--trainer.logger=false"]
+    with pytest.raises(ValueError, match="in the middle"):
+        main([*nolog, "--trainer.callbacks+=test_first_hour_folder.FailAtEpoch"])
+    marker = tmp_path / "checkpoints" / FAILED_MARKER
+    assert marker.is_file()
+    main([*digits(tmp_path, "--trainer.max_epochs=1"), "--trainer.logger=false"])
+    assert not marker.exists() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ValueError, match="in the middle"):
+        main([*nolog, "--trainer.callbacks+=test_first_hour_folder.FailAtEpoch", "--trainer.callbacks.epoch=0"])
+    assert not marker.exists()  # the failed run saved nothing: the good last.ckpt stays resumable
+    capsys.readouterr()
+    main([*digits(tmp_path, "--trainer.max_epochs=2", "--ckpt_path=last"), "--trainer.logger=false"])
+    assert "resuming from" in capsys.readouterr().err
+
+
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="in the middle"):
         main(digits(tmp_path, "--trainer.max_epochs=2", "--trainer.callbacks+=test_first_hour_folder.FailAtEpoch",

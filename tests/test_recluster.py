@@ -162,3 +162,58 @@ def test_recluster_does_not_import_lightning(predicted):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "lightning imported: False" in done.stdout
+
+
+def test_a_new_predict_never_removes_files_of_yours_that_share_a_name(tmp_path):
+    # a folder of the user's: a clusters/ of their own photos, a features.pt and a recluster_k* folder
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "clusters" / "my_hand_sorted_photo.jpg").write_bytes(b"mine")
+    (tmp_path / "features.pt").write_bytes(b"mine")
+    (tmp_path / "recluster_kmeans_notes").mkdir()
+    assert clear_previous_predictions(tmp_path) == []
+    assert (tmp_path / "clusters" / "my_hand_sorted_photo.jpg").is_file() and (tmp_path / "features.pt").is_file()
+    assert (tmp_path / "recluster_kmeans_notes").is_dir()
+    # predict's own files beside them go, theirs stay
+    from dcl_cluster.callbacks import write_cluster_results
+
+    write_cluster_results(tmp_path, torch.tensor([0, 1, 1]), torch.tensor([0.9, 0.6, 0.8]))
+    removed = {p.name for p in clear_previous_predictions(tmp_path)}
+    assert removed == {"predictions.csv", "report.html", "clusters"}
+    assert sorted(p.name for p in (tmp_path / "clusters").iterdir()) == ["my_hand_sorted_photo.jpg"]
+    assert (tmp_path / "features.pt").read_bytes() == b"mine"
+
+
+def test_recluster_refuses_to_replace_a_folder_it_did_not_write(predicted):
+    run, _, _ = predicted
+    (run / "recluster_k003").mkdir()
+    (run / "recluster_k003" / "mine.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="was not written by recluster"):
+        recluster_folder(run, 3)
+    assert (run / "recluster_k003" / "mine.txt").is_file()
+
+
+def test_saved_features_keep_absolute_paths_and_values_beyond_float16(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = torch.tensor([[1e5, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    save_predict_features(tmp_path, x, paths=["a.png", "b.png", "c.png"])
+    saved = load_predict_features(tmp_path)
+    assert saved["paths"] == [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")]
+    assert saved["embeddings"].dtype == torch.float32 and saved["embeddings"][0, 0] == 1e5
+
+
+def test_images_of_the_datamodules_stores_are_saved_for_the_pictures(tmp_path):
+    from dcl_cluster.data.datasets import image_store
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)  # (N, H, W, C)
+    store = image_store(pixels)
+    save_predict_features(tmp_path, torch.zeros(5, 2), images=store)
+    saved = load_predict_features(tmp_path)
+    assert saved["images"].shape == (5, 3, 8, 8) and torch.equal(saved["images"][2], store[2])
+
+
+def test_write_cluster_results_checks_lengths_before_writing(tmp_path):
+    from dcl_cluster.callbacks import write_cluster_results
+
+    with pytest.raises(ValueError, match="paths has 2 entries for 3 clusters"):
+        write_cluster_results(tmp_path, torch.tensor([0, 1, 1]), torch.ones(3), paths=["a", "b"])
+    assert not list(tmp_path.iterdir())

@@ -37,12 +37,15 @@ def write_cluster_results(output_dir: str | os.PathLike, clusters: torch.Tensor,
     ``k_choice``, when K was chosen automatically: ``{"chosen": int, "how": str, "k": [int, ...],
     "score": [float, ...], "score_name": str}`` (the page draws the score over K).
     """
+    clusters, confidence = clusters.reshape(-1).long(), confidence.reshape(-1).float()
+    for name, given in (("confidence", confidence), ("labels", labels), ("paths", paths), ("images", images)):
+        if given is not None and len(given) != len(clusters):  # before anything is written
+            raise ValueError(f"write_cluster_results: {name} has {len(given)} entries for {len(clusters)} clusters")
     out = Path(output_dir)
     (out / "clusters").mkdir(parents=True, exist_ok=True)
-    clusters, confidence = clusters.reshape(-1).long(), confidence.reshape(-1).float()
     with_labels = labels is not None and bool((labels >= 0).any())
     csv_path = out / "predictions.csv"
-    with open(csv_path, "w", newline="") as f:
+    with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # any file name
         writer = csv.writer(f)
         writer.writerow(["path" if paths is not None else "index", "cluster", "confidence"]
                         + (["label"] if with_labels else []))

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dcl_cluster.callbacks.cluster_results import write_cluster_results
+from dcl_cluster.callbacks.outputs import record_outputs
 from dcl_cluster.callbacks.saved_features import save_predict_features
 from dcl_cluster.cluster import KMeans
 
@@ -135,6 +136,7 @@ class ClusterPredictionWriter(Callback):
                 summary=_run_summary(trainer, pl_module), k_choice=k_choice if isinstance(k_choice, dict) else None,
                 class_names=getattr(dm, "class_names", None) if labelled else None,
                 class_counts=getattr(dm, "train_class_counts", None) if labelled else None))
+        record_outputs(self.output_dir, self.files)  # what the next predict into this folder replaces
         print(f"predictions of {len(clusters)} images in {len(torch.unique(clusters))} clusters written to "
               f"{self.output_dir / 'predictions.csv'}; browse them in {self.output_dir / 'report.html'} "
               f"(contact sheets and sizes in {self.output_dir / 'clusters'})", flush=True)

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dcl_cluster.callbacks.outputs import record_outputs
+
 __all__ = ["FEATURES_FILE", "load_predict_features", "save_predict_features"]
 
 FEATURES_FILE = "features.pt"  # what predict saves beside predictions.csv
@@ -23,17 +25,16 @@ def save_predict_features(folder: str | os.PathLike, embeddings: torch.Tensor, *
                           class_names: list[str] | None = None, class_counts: list[int] | None = None,
                           k_choice: dict | None = None) -> Path:
     """Write ``features.pt`` into ``folder``: the embeddings ``(N, F)`` (float16, to halve the
-    file), the files (or, without files, the images themselves when they take at most 256 MiB)
+    file, unless a value is beyond its range), the files (absolute paths; without files, the
+    images themselves when they take at most 256 MiB)
     and labels, the trained head's clusters and ``K`` when there is one, and what the report
     shows. Returns its path."""
-    saved_images = None
-    if paths is None and images is not None:
-        array = images if isinstance(images, (np.ndarray, torch.Tensor)) else None
-        if array is not None and array.nbytes <= _MAX_SAVED_IMAGE_BYTES:
-            saved_images = torch.as_tensor(np.asarray(array))
+    saved_images = _small_images(images) if paths is None and images is not None else None
+    embeddings = embeddings.detach().to("cpu")
+    fits_half = bool(embeddings.abs().max() < 6e4) if embeddings.numel() else True  # float16's range: 65,504
     record = {
-        "embeddings": embeddings.detach().to("cpu", torch.float16).contiguous(),
-        "paths": list(paths) if paths is not None else None, "images": saved_images,
+        "embeddings": embeddings.to(torch.float16 if fits_half else torch.float32).contiguous(),
+        "paths": [os.path.abspath(p) for p in paths] if paths is not None else None, "images": saved_images,
         "labels": None if labels is None else labels.detach().cpu().long(),
         "head_clusters": None if head_clusters is None else head_clusters.detach().cpu().long(),
         "head_confidence": None if head_confidence is None else head_confidence.detach().cpu().float(),
@@ -46,7 +47,22 @@ def save_predict_features(folder: str | os.PathLike, embeddings: torch.Tensor, *
     tmp = path.with_name(path.name + ".partial")
     torch.save(record, tmp)
     tmp.replace(path)  # never a half-written file under the real name
+    record_outputs(folder, [path])  # a new predict into this folder replaces it
     return path
+
+
+def _small_images(images: Any) -> torch.Tensor | None:
+    """The images as one uint8 tensor when they take at most 256 MiB: an array or tensor, or the
+    datamodule's image stores (indexable, each item an array), read one by one; else None."""
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return torch.as_tensor(np.asarray(images)) if images.nbytes <= _MAX_SAVED_IMAGE_BYTES else None
+    try:
+        first = np.asarray(images[0])
+        if first.dtype != np.uint8 or first.nbytes * len(images) > _MAX_SAVED_IMAGE_BYTES:
+            return None
+        return torch.from_numpy(np.stack([np.asarray(images[i]) for i in range(len(images))]))
+    except (TypeError, IndexError, ValueError, KeyError, OSError):  # not a store of equal-sized arrays
+        return None
 
 
 def load_predict_features(folder: str | os.PathLike) -> dict:

@@ -115,9 +115,10 @@ def estimate_num_clusters(
 
     Both read at most 8,000 rows, projected on their first 128 principal components when
     ``d`` is larger: 2.5 s at ``N=16,000, d=512, k_max=50`` on one CPU thread (12 s before the
-    projection, with the same answers on every benchmark case). When the mean silhouette stays below 0.25 at every ``K`` the features
-    show no clear cluster structure and the answer is a guess: a
-    :class:`NoClusterStructureWarning` (a ``UserWarning``) says so and gives the scores.
+    projection, with the same answers on every benchmark case). When the mean silhouette
+    stays below 0.25 at every ``K`` the features show no clear cluster structure and the
+    answer is a guess: a :class:`NoClusterStructureWarning` (a ``UserWarning``) says so and
+    gives the scores.
     :func:`score_num_clusters` returns the scores and that verdict instead of warning.
 
     Measured on 39 long-tailed cases, seeds 0-2 (``benchmarks/results/estimate_k.json``:
