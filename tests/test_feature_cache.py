@@ -325,3 +325,21 @@ def test_images_come_back_with_the_clean_view_asked_for_while_features_were_serv
     fit(SmallCNN(1, 8), dm)  # dcl_cluster's anchor term does, from images
     views = next(iter(dm.train_dataloader()))[0]
     assert len(views) == 3 and views[2].ndim == 4
+
+
+def test_ranks_that_do_not_share_the_cache_folder_are_told_so_before_any_work(tmp_path):
+    # a node-local ~/.cache on each of two nodes: each rank's folder is its own
+    from dcl_cluster.data.feature_cache import build_sharded
+
+    encoded = []
+
+    def shard(rank):
+        encoded.append(rank)
+        return {"x": (torch.arange(rank, 10, 2), torch.zeros(5, 1, 3))}
+
+    results = _ranks_in_threads(2, lambda r, any_rank: build_sharded(
+        tmp_path / f"node{r}" / "features-x.pt", lambda: shard(r), lambda shares: {}, r, 2, any_rank))
+    for err in results:
+        assert isinstance(err, ValueError) and "do not share the feature cache folder" in str(err)
+    assert encoded == []  # said before the encoder's work
+    assert not list(tmp_path.rglob("*.pt*"))  # no mark, share or file left

@@ -196,6 +196,7 @@ def build_sharded(path: Path, build_shard: Callable[[], dict[str, Any]],
     Returns ``(tensors, built)``."""
     if not any_rank(not path.exists()):  # every rank sees the file: nobody builds
         return read_cache(path), False
+    _check_shared_folder(path, rank, any_rank)
     part_path = path.with_name(f"{path.name}.part{rank}of{world}")
     error: Exception | None = None
     try:
@@ -224,6 +225,29 @@ def build_sharded(path: Path, build_shard: Callable[[], dict[str, Any]],
         raise ValueError(f"a process does not see the feature cache {path} that rank 0 wrote: the processes "
                          "must share feature_cache_dir (or set feature_cache: false)")
     return read_cache(path), True
+
+
+def _check_shared_folder(path: Path, rank: int, any_rank: Callable[[bool], bool]) -> None:
+    """Before any rank encodes: rank 0 leaves a mark beside ``path`` and every rank looks for
+    it, so processes whose cache folders differ (a node-local ``~/.cache`` on several nodes)
+    get one clear error at once instead of a missing share after the work."""
+    mark = path.with_name(f"{path.name}.rank0-mark")
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            check_writable(path.parent)
+            mark.touch()
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            error = err
+    if any_rank(error is not None):
+        raise error or ValueError(f"the feature cache folder {path.parent} cannot be written by rank 0")
+    unseen = any_rank(not mark.exists())  # a collective: every rank has looked once it returns
+    if rank == 0:
+        mark.unlink(missing_ok=True)
+    if unseen:
+        raise ValueError(f"the processes do not share the feature cache folder {path.parent} (a process does not "
+                         "see what rank 0 writes there): set feature_cache_dir to a folder every process sees, "
+                         "or feature_cache: false")
 
 
 class FeatureRows(Dataset):
