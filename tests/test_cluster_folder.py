@@ -316,8 +316,10 @@ def test_a_flat_folder_goes_through_fit_auto_and_predict_to_a_csv_and_pictures(t
     # the features predict saved give another K in seconds, without another fit
     from dcl_cluster.recluster import recluster_folder
 
-    again = recluster_folder(run, 2)
-    assert again["folder"] == run / "recluster_k002" and "k-means (K = 2" in again["how"]
+    other = 3 if k == 2 else 2  # not the head's K: k-means on the saved features
+    again = recluster_folder(run, other)
+    assert again["folder"] == run / f"recluster_k{other:03d}" and f"k-means (K = {other}" in again["how"]
+    assert recluster_folder(run, k)["how"].startswith(f"the trained cluster head (K = {k})")
     assert len(list(csv.DictReader(open(again["folder"] / "predictions.csv")))) == 64
 
 
