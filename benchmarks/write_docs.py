@@ -704,6 +704,11 @@ def main() -> None:
         path = HERE / "results" / f"{name}.json"
         if path.exists():
             text = _replace_if_marked(text, name.replace("_", "-"), table(json.loads(path.read_text())))
+    cache_build_path = HERE / "results" / "cache_build.json"
+    if cache_build_path.exists():
+        from benchmarks.cache_build import table as cache_build_table
+
+        text = _replace_if_marked(text, "cache-build", cache_build_table(json.loads(cache_build_path.read_text())))
     k_real_path = HERE / "results" / "estimate_k_real.json"
     if k_real_path.exists():
         from benchmarks.estimate_k_real import table as k_real_table
