@@ -704,11 +704,12 @@ def main() -> None:
         path = HERE / "results" / f"{name}.json"
         if path.exists():
             text = _replace_if_marked(text, name.replace("_", "-"), table(json.loads(path.read_text())))
-    cache_build_path = HERE / "results" / "cache_build.json"
-    if cache_build_path.exists():
-        from benchmarks.cache_build import table as cache_build_table
+    from benchmarks import frozen_path
 
-        text = _replace_if_marked(text, "cache-build", cache_build_table(json.loads(cache_build_path.read_text())))
+    for name, table_fn in (("cache", frozen_path.table), ("head", frozen_path.head_table)):
+        path = HERE / "results" / f"frozen_path_{name}.json"
+        if path.exists():
+            text = _replace_if_marked(text, f"frozen-path-{name}", table_fn(json.loads(path.read_text())))
     k_real_path = HERE / "results" / "estimate_k_real.json"
     if k_real_path.exists():
         from benchmarks.estimate_k_real import table as k_real_table
