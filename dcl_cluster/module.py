@@ -465,10 +465,13 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
         if step.clustering:
             pair = [step.q[v] for v in ("a", "b") if v in step.q]  # b where a term reads it
             self._update_cluster_prior(torch.cat(pair).detach(), gathered=self._gathers())
-        extra = {k: v for term in self.objectives for k, v in term.logs().items()}
         batch_size = len(step.z_a)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict(step_metrics(terms, extra, step.cluster_prior), batch_size=batch_size)
+        if batch_idx == 0 or (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            # step values reach the logger only every log_every_n_steps: logging them on the other
+            # steps cost a third of an epoch on cached features (Lightning walks and copies each)
+            extra = {k: v for term in self.objectives for k, v in term.logs().items()}
+            self.log_dict(step_metrics(terms, extra, step.cluster_prior), batch_size=batch_size)
         return loss
 
     def _gathers(self) -> bool:

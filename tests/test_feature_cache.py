@@ -343,3 +343,25 @@ def test_ranks_that_do_not_share_the_cache_folder_are_told_so_before_any_work(tm
         assert isinstance(err, ValueError) and "do not share the feature cache folder" in str(err)
     assert encoded == []  # said before the encoder's work
     assert not list(tmp_path.rglob("*.pt*"))  # no mark, share or file left
+
+
+def test_a_batch_of_cached_views_fetched_at_once_equals_the_rows_fetched_one_by_one():
+    from dcl_cluster.data.feature_cache import CachedViewDataset
+
+    views, clean = torch.randn(20, 4, 3).half(), torch.randn(20, 3).half()
+    dataset = CachedViewDataset(views, np.arange(20) % 3, clean)
+    keys = [(i, 1000 + 7 * i, 0) for i in (5, 0, 19, 5, 11)]
+    at_once = CachedViewDataset.collate(dataset.__getitems__(keys))
+    one_by_one = CachedViewDataset.collate([dataset[k] for k in keys])
+    for got, expected in zip(at_once[0], one_by_one[0], strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(at_once[1], one_by_one[1]) and torch.equal(at_once[2], one_by_one[2])
+    assert not torch.equal(at_once[0][0], at_once[0][1])  # two different views of each row
+    torch.manual_seed(3)  # plain indices draw from the global random state, in the same order
+    first = CachedViewDataset.collate(dataset.__getitems__([2, 4]))
+    torch.manual_seed(3)
+    second = CachedViewDataset.collate([dataset[2], dataset[4]])
+    assert all(torch.equal(a, b) for a, b in zip(first[0], second[0], strict=True))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=dataset.collate,
+                                         sampler=keys)  # the DataLoader's batched fetch takes __getitems__
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(loader))[0], one_by_one[0], strict=True))

@@ -271,6 +271,13 @@ class FeatureRows(Dataset):
         return (torch.stack(fields[0]).float(), *[torch.as_tensor(f, dtype=torch.int64) for f in fields[1:]])
 
 
+class _Collated:
+    """A batch :meth:`CachedViewDataset.__getitems__` already put together."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+
 class CachedViewDataset(Dataset):
     """``(i, seed, epoch) -> (views, y, i, seed)`` as :class:`~dcl_cluster.data.datasets.ViewDataset`,
     from cached features: two different cached views of image ``i`` drawn with ``seed``
@@ -306,8 +313,29 @@ class CachedViewDataset(Dataset):
             views = {**named, "neighbor": self.views[j, copy]}
         return views, int(self.labels[i]), i, seed
 
+    def __getitems__(self, keys) -> _Collated | list:
+        """A whole batch at once (the DataLoader's batched fetch): the same two views per row as
+        :meth:`__getitem__` draws, gathered with one index per view instead of a tensor per
+        row (per-row indexing and stacking cost more than the head's step)."""
+        if self.neighbors is not None:  # the neighbour draw: row by row, as it is
+            return [self[key] for key in keys]
+        rows, picks = [], []
+        for key in keys:
+            i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
+            g = torch.Generator()
+            g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
+            rows.append(int(i))
+            picks.append(torch.randperm(self.views.shape[1], generator=g)[:2])
+        index, pick = torch.tensor(rows), torch.stack(picks)  # (B,), (B, 2)
+        views = [self.views[index, pick[:, 0]].float(), self.views[index, pick[:, 1]].float()]
+        if self.clean is not None:
+            views.append(self.clean[index].float())
+        return _Collated((views, torch.as_tensor(self.labels[index.numpy()], dtype=torch.int64), index))
+
     @staticmethod
     def collate(samples):
+        if isinstance(samples, _Collated):
+            return samples.batch
         views, ys, idx, _ = zip(*samples, strict=True)
         if isinstance(views[0], dict):
             batch = {k: torch.stack([v[k] for v in views]).float() for k in views[0]}
