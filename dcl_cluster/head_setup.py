@@ -18,7 +18,6 @@ from dcl_cluster.objectives.assembly import check_num_clusters
 __all__ = ["ClusterHeadSetup", "NoClusterStructureError"]
 
 
-
 class ClusterHeadSetup:
     """Mixed into :class:`~dcl_cluster.module.DebiasedClusterModule` (a LightningModule with
     ``backbone``, ``cluster_head``, ``cluster_prior``, ``head_kind`` and ``objectives``)."""
@@ -74,10 +73,9 @@ class ClusterHeadSetup:
         if not estimate.structured:
             raise NoClusterStructureError(
                 f"num_clusters='auto' stops: {estimate.explain()}. Training with a guessed K would give clusters "
-                f"that mean nothing. Set the number of clusters yourself, e.g. --model.num_clusters "
-                f"{estimate.by_silhouette if estimate.by_silhouette > 2 else 10} (more than you expect is "
-                "safe: after predict, `dcl-cluster recluster --predictions <folder> --num_clusters N` tries "
-                "another K on the saved features in seconds)"
+                "that mean nothing. Set the number of clusters yourself: --model.num_clusters N (more than you "
+                "expect is safe: after predict, `dcl-cluster recluster --predictions <folder> --num_clusters N` "
+                "tries another K on the saved features in seconds)"
                 + (f"; the scores per K are drawn in {written}" if written else "") + ".")
         return estimate.k
 
