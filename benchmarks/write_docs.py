@@ -712,7 +712,7 @@ def main() -> None:
             text = _replace_if_marked(text, f"frozen-path-{name}", table_fn(json.loads(path.read_text())))
     k_real_path = HERE / "results" / "estimate_k_real.json"
     if k_real_path.exists():
-        from benchmarks.estimate_k_real import table as k_real_table
+        from benchmarks.estimate_k import real_table as k_real_table
 
         text = _replace_if_marked(text, "estimate-k-real", k_real_table(json.loads(k_real_path.read_text())))
     DOC.write_text(text)

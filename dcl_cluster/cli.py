@@ -34,7 +34,7 @@ from dcl_cluster.data.folders import UnreadableImageError
 from dcl_cluster.module import DebiasedClusterModule
 from dcl_cluster.report import final_report
 
-__all__ = ["DCLClusterCLI", "PREDICTION_OUTPUTS", "RunCheckpoint", "check_checkpoint", "clear_previous_predictions",
+__all__ = ["DCLClusterCLI", "RunCheckpoint", "check_checkpoint", "clear_previous_predictions",
            "find_last_checkpoint", "main", "predictions_folder", "runs_root"]
 
 DESCRIPTION = (
@@ -222,9 +222,6 @@ def check_output_folder(subcommand: str, config) -> None:
         option = ("--trainer.default_root_dir" if not trainer_config.get("logger")
                   else "--trainer.default_root_dir (or the logger's save_dir)")
         check_writable_folder(runs_root(trainer_config), "the run folder", option)
-
-
-PREDICTION_OUTPUTS = ("predictions.csv", "report.html", "clusters", "features.pt")  # what predict writes
 
 
 def clear_previous_predictions(folder: str | os.PathLike) -> list[Path]:

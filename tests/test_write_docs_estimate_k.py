@@ -1,10 +1,10 @@
-"""benchmarks/estimate_k_real.py's mixes and table, on hand-made rows and a generated pool;
+"""benchmarks/estimate_k.py --real: its mixes and table, on hand-made rows and a generated pool;
 no benchmark runs (the real one needs the frozen lab's feature cache)."""
 
 import numpy as np
 import torch
 
-from benchmarks import estimate_k_real as bench
+from benchmarks import estimate_k as bench
 
 
 def test_the_bar_is_20_percent_or_one_cluster_at_small_k():
@@ -35,7 +35,7 @@ def test_the_table_counts_the_hits_of_each_estimator_and_the_mean_time():
                 "k": dict(zip(bench.ESTIMATORS, ks, strict=True)),
                 "seconds": dict(zip(bench.ESTIMATORS, seconds, strict=True))}
     rows = [row(5, (5, 3, 6, 20, 9), (1, 1, 4, 4, 2)), row(10, (8, 2, 13, 12, 10), (3, 3, 6, 6, 1))]
-    lines = bench.table(rows)
+    lines = bench.real_table(rows)
     assert lines[2].endswith("| 5 ✓ | 3 | 6 ✓ | 20 | 9 |")
     assert lines[3].endswith("| 8 ✓ | 2 | 13 | 12 ✓ | 10 ✓ |")
     assert lines[-2].endswith("| **2/2** | **0/2** | **1/2** | **1/2** | **1/2** |")

@@ -296,11 +296,18 @@ class CachedViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, key):
+    def _draw(self, key) -> tuple[int, Any, Tensor, torch.Generator]:
+        """Row, seed, its two different cached views and the generator that drew them (which
+        then draws the neighbour): ``key`` is ``(i, seed, epoch)`` or a plain ``i`` (global
+        random state)."""
         i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
         g = torch.Generator()
         g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
-        pick = torch.randperm(self.views.shape[1], generator=g)[:2].tolist()
+        return int(i), seed, torch.randperm(self.views.shape[1], generator=g)[:2], g
+
+    def __getitem__(self, key):
+        i, seed, pick, g = self._draw(key)
+        pick = pick.tolist()
         views = [self.views[i, pick[0]], self.views[i, pick[1]]]
         if self.clean is not None:
             views.append(self.clean[i])
@@ -319,14 +326,9 @@ class CachedViewDataset(Dataset):
         row (per-row indexing and stacking cost more than the head's step)."""
         if self.neighbors is not None:  # the neighbour draw: row by row, as it is
             return [self[key] for key in keys]
-        rows, picks = [], []
-        for key in keys:
-            i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
-            g = torch.Generator()
-            g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
-            rows.append(int(i))
-            picks.append(torch.randperm(self.views.shape[1], generator=g)[:2])
-        index, pick = torch.tensor(rows), torch.stack(picks)  # (B,), (B, 2)
+        drawn = [self._draw(key) for key in keys]
+        index = torch.tensor([i for i, *_ in drawn])  # (B,)
+        pick = torch.stack([p for _, _, p, _ in drawn])  # (B, 2)
         views = [self.views[index, pick[:, 0]].float(), self.views[index, pick[:, 1]].float()]
         if self.clean is not None:
             views.append(self.clean[index].float())
