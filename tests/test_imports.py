@@ -19,7 +19,8 @@ DOCS = ROOT / "docs" / "index.md"
 
 ALLOWED = {  # part -> the parts it may import (a part: a subpackage or a top-level module)
     "console": {"cli", "recluster"},
-    "cli": {"callbacks", "data", "module", "recluster", "report"},
+    "cli": {"callbacks", "data", "module", "recluster", "report", "run_folders"},
+    "run_folders": {"callbacks"},
     "recluster": {"callbacks", "cluster"},
     "module": {"distributed", "frozen_encoder", "head_setup", "losses", "nn", "objectives", "optim", "presets"},
     "head_setup": {"cluster", "nn", "objectives"},
