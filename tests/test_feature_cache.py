@@ -365,3 +365,24 @@ def test_a_batch_of_cached_views_fetched_at_once_equals_the_rows_fetched_one_by_
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=dataset.collate,
                                          sampler=keys)  # the DataLoader's batched fetch takes __getitems__
     assert all(torch.equal(a, b) for a, b in zip(next(iter(loader))[0], one_by_one[0], strict=True))
+
+
+def test_the_pairs_seeds_pick_are_two_different_views_every_ordered_pair_equally_often():
+    from dcl_cluster.data.feature_cache import CachedViewDataset
+
+    for v in (2, 3, 5):
+        dataset = CachedViewDataset(torch.zeros(4, v, 2), np.zeros(4))
+        seeds = torch.randint(0, 2**32, (60_000,), generator=torch.Generator().manual_seed(v))
+        pick = dataset.pairs(seeds)
+        expected = []  # the definition, one seed at a time: first seed % V, then one of the others after it
+        for s in seeds[:200].tolist():
+            first = s % v
+            others = [(first + k) % v for k in range(1, v)]
+            expected.append([first, others[(s // v) % (v - 1)]])
+        assert pick[:200].tolist() == expected
+        assert bool((pick[:, 0] != pick[:, 1]).all()) and int(pick.min()) == 0 and int(pick.max()) == v - 1
+        counts = torch.bincount(pick[:, 0] * v + pick[:, 1], minlength=v * v).float()
+        counts = counts[counts > 0]
+        assert len(counts) == v * (v - 1)  # every ordered pair of different views occurs
+        expected_count = len(seeds) / (v * (v - 1))
+        assert float(((counts - expected_count).abs() / expected_count).max()) < 0.05

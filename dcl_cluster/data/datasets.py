@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dcl_cluster.data.folders import read_image_file
+from dcl_cluster.data.seeds import augmentation_seeds
 from dcl_cluster.data.transforms import seeded
 
 
@@ -79,13 +80,6 @@ def image_store(images, indices: np.ndarray | None = None):
     if isinstance(images, list):
         return FileImages(images, indices)
     return LazyArrayImages(images)
-
-
-def augmentation_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one image's augmentations in one epoch: a function of nothing else, so
-    views are the same whatever the worker count, and a resumed run draws the views of the
-    uninterrupted one."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 class ViewDataset(Dataset):
@@ -169,7 +163,7 @@ class SeededEpochSampler(Sampler):
 
     Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the orders of
     the uninterrupted one; used alone, each new iteration moves to the next epoch. With
-    ``augmentation_seeds=True`` it yields ``(index, augmentation_seed(seed, epoch, index))``
+    ``augmentation_seeds=True`` it yields ``(index, seeds.augmentation_seed(seed, epoch, index))``
     pairs for :class:`ViewDataset` (with the epoch: ``(index, seed, epoch)``), so the views are
     reproducible too.
 
@@ -192,7 +186,8 @@ class SeededEpochSampler(Sampler):
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]
         g = torch.Generator().manual_seed(int(state))
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = torch.randperm(self.num_samples, generator=g).tolist()
+        order = torch.randperm(self.num_samples, generator=g).numpy()
         if self.augmentation_seeds:
-            return iter([(i, augmentation_seed(self.seed, epoch, i), epoch) for i in order])
-        return iter(order)
+            seeds = augmentation_seeds(self.seed, epoch, order).tolist()
+            return iter([(i, s, epoch) for i, s in zip(order.tolist(), seeds, strict=True)])
+        return iter(order.tolist())

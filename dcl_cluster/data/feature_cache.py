@@ -296,23 +296,31 @@ class CachedViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _draw(self, key) -> tuple[int, Any, Tensor, torch.Generator]:
-        """Row, seed, its two different cached views and the generator that drew them (which
-        then draws the neighbour): ``key`` is ``(i, seed, epoch)`` or a plain ``i`` (global
-        random state)."""
+    @staticmethod
+    def _key(key) -> tuple[int, Any, int]:
+        """Row, seed as given and the seed the draw uses: ``key`` is ``(i, seed, epoch)`` or a
+        plain ``i`` (a seed from the global random state)."""
         i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
-        g = torch.Generator()
-        g.manual_seed(int(seed) if seed is not None else int(torch.randint(2**62, ())))
-        return int(i), seed, torch.randperm(self.views.shape[1], generator=g)[:2], g
+        return int(i), seed, int(seed) if seed is not None else int(torch.randint(2**62, ()))
+
+    def pairs(self, seeds: Tensor) -> Tensor:
+        """The two different cached views ``(B, 2)`` that per-row seeds ``(B,)`` (non-negative
+        int64) pick: the first ``f = seed % V``, the second ``(f + 1 + (seed // V) % (V - 1)) % V``
+        (one of the other ``V - 1``); every ordered pair equally likely for uniform seeds, in a
+        few array operations."""
+        v = self.views.shape[1]
+        first = seeds % v
+        return torch.stack([first, (first + 1 + seeds // v % (v - 1)) % v], dim=1)
 
     def __getitem__(self, key):
-        i, seed, pick, g = self._draw(key)
-        pick = pick.tolist()
+        i, seed, draw = self._key(key)
+        pick = self.pairs(torch.tensor([draw]))[0].tolist()
         views = [self.views[i, pick[0]], self.views[i, pick[1]]]
         if self.clean is not None:
             views.append(self.clean[i])
         table = self.neighbors
         if table is not None and i < len(table) and int(table[i, 0]) >= 0:
+            g = torch.Generator().manual_seed(draw)
             row = table[i]
             j = int(row[int(torch.randint(len(row), (), generator=g))])
             copy = int(torch.randint(self.views.shape[1], (), generator=g))
@@ -326,9 +334,9 @@ class CachedViewDataset(Dataset):
         row (per-row indexing and stacking cost more than the head's step)."""
         if self.neighbors is not None:  # the neighbour draw: row by row, as it is
             return [self[key] for key in keys]
-        drawn = [self._draw(key) for key in keys]
-        index = torch.tensor([i for i, *_ in drawn])  # (B,)
-        pick = torch.stack([p for _, _, p, _ in drawn])  # (B, 2)
+        rows = [self._key(key) for key in keys]
+        index = torch.tensor([i for i, _, _ in rows])  # (B,)
+        pick = self.pairs(torch.tensor([draw for _, _, draw in rows]))  # (B, 2)
         views = [self.views[index, pick[:, 0]].float(), self.views[index, pick[:, 1]].float()]
         if self.clean is not None:
             views.append(self.clean[index].float())
