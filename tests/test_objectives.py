@@ -277,18 +277,21 @@ def test_a_subclass_keeps_term_configs_in_its_hyperparameters():
 
 
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"scan", "scan_prior"}))
-def test_presets_other_than_scan_forward_every_view_they_ask_for_in_both_phases(name):
-    # the forward is then the one before terms could narrow their views: results unchanged
+def test_presets_other_than_scan_forward_the_views_of_the_terms_that_run_in_each_phase(name):
     module = DebiasedClusterModule.from_preset(name, in_channels=1, input_size=8, num_clusters=4, **SMALL)
-    for clustering in (False, True):
-        assert module._step_plan(clustering)[1] == {"a", "b", *module.extra_views}
+    assert module._step_plan(True)[1] == {"a", "b", *module.extra_views}  # clustering: every view asked for
+    warmup = {"a", "b"}.union(*(t.needs().views for t in module.objectives if not t.needs().clustering))
+    assert module._step_plan(False)[1] == warmup  # warm-up: a clustering-only term's views are not forwarded
 
 
-def test_the_warmup_forwards_the_clean_view_a_clustering_term_asks_for():
+def test_the_warmup_does_not_forward_the_clean_view_only_a_clustering_term_reads():
     module = DebiasedClusterModule.from_preset("dcl_cluster", in_channels=1, input_size=8, num_clusters=4, **SMALL)
-    assert module.extra_views == ["clean"]
-    step = module.shared_step(next(iter(ToyDataModule().train_dataloader()))[0])
-    assert step.views == ("a", "b", "clean") and step.z_b is not None and step.h_clean is not None
+    assert module.extra_views == ["clean"]  # served: DEC and the anchor loss read it once clustering starts
+    batch = next(iter(ToyDataModule().train_dataloader()))[0]
+    assert len(batch) == 3
+    step = module.shared_step(batch)
+    assert step.views == ("a", "b") and step.z_b is not None and step.h_clean is None
+    assert len(step.h_a) == len(batch[0])
 
 
 def test_needs_are_read_once_per_epoch_and_phase_not_per_step(tmp_path):
@@ -314,6 +317,6 @@ def test_needs_are_read_once_per_epoch_and_phase_not_per_step(tmp_path):
     first, second = ([c for e, c in seen.counts if e == epoch] for epoch in (0, 1))
     assert len(first) == len(second) == 4
     assert first[1] == first[2] == first[3] and second[1] == second[2] == second[3]  # no call within an epoch
-    # one read per epoch, at its first step (needs() for the phase, and once more in reads()' default)
+    # one read per epoch, at its first step (needs() for the phase, and once more in the default reads())
     assert first[1] - first[0] == second[1] - second[0] == 2 and second[0] == first[3]
     assert len(calls) == second[3]

@@ -128,9 +128,13 @@ class Objective(nn.Module):
         reads (and ``"a"``, always), so narrowing this saves backbone work; the module reads it
         once per epoch and phase, not per step.
 
-        Default: ``"a"``, ``"b"`` and the :class:`Needs` views, in every epoch and phase (what
-        every view cost before terms could say; a term that does not say keeps it)."""
-        return ("a", "b", *self.needs().views)
+        Default: ``"a"``, ``"b"`` and the :class:`Needs` views in the phases the term runs in
+        (``Needs.clustering``: the clustering phase only; ``Needs.warmup``: the warm-up only),
+        ``()`` in the other."""
+        needs = self.needs()
+        if (needs.clustering and not clustering) or (needs.warmup and clustering):
+            return ()
+        return ("a", "b", *needs.views)
 
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
