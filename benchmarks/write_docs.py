@@ -710,6 +710,15 @@ def main() -> None:
         path = HERE / "results" / f"frozen_path_{name}.json"
         if path.exists():
             text = _replace_if_marked(text, f"frozen-path-{name}", table_fn(json.loads(path.read_text())))
+    from benchmarks import folder_route, preset_epochs
+
+    route_path = HERE / "results" / "folder_route.json"
+    if route_path.exists():
+        text = _replace_if_marked(text, "folder-route", folder_route.table(json.loads(route_path.read_text())))
+    presets_path = HERE / "results" / "preset_epochs.json"
+    if presets_path.exists():
+        preset_rows = json.loads(presets_path.read_text())["rows"]
+        text = _replace_if_marked(text, "preset-steps", preset_epochs.table(preset_rows))
     k_real_path = HERE / "results" / "estimate_k_real.json"
     if k_real_path.exists():
         from benchmarks.estimate_k import real_table as k_real_table

@@ -230,3 +230,31 @@ def test_quality_table_without_cost_and_the_queue_cost_of_a_fresh_plan(tmp_path)
     assert lines[-1].startswith("- Not measured yet")  # nothing has run: every epoch time is the plan's default
     done = write_docs.queue_cost()  # the committed cifar10_lt_80 state: every job done
     assert "30 done" in done[0] and done[1].startswith("- Measured: ") and done[2].endswith("hours).")
+
+
+def test_preset_epochs_times_each_phase_with_the_views_its_running_terms_read():
+    from benchmarks import preset_epochs
+
+    rows = preset_epochs.checks(preset_epochs.run_with(None, ["dcl", "dcl_cluster"], 1, True), [])
+    assert [(r["preset"], r["phase"]) for r in rows] == [(p, ph) for p in ("dcl", "dcl_cluster")
+                                                         for ph in preset_epochs.PHASES]
+    cluster = {r["phase"]: r for r in rows if r["preset"] == "dcl_cluster"}
+    assert cluster["warm-up"]["served"] == ["a", "b", "clean"]  # served, but read by no warm-up term
+    assert cluster["warm-up"]["forwarded"] == cluster["warm-up"]["read"] == ["a", "b"]
+    assert cluster["clustering 1"]["forwarded"] == cluster["clustering 1"]["read"] == ["a", "b", "clean"]
+    assert all(r["trainer_s"] > 0 and r["bare_s"] > 0 and r["before_s"] is None for r in rows)
+    assert len(preset_epochs.table(rows)) == 2 + len(rows)
+
+
+def test_folder_route_times_the_cli_run_and_the_model_alone(tmp_path):
+    import json
+
+    from benchmarks import folder_route
+
+    out = tmp_path / "route.json"
+    row = folder_route.main(["--epochs", "2", "--set", "data.image_size=16", "model.backbone_width=8",
+                             "--out", str(out)])
+    assert [e["epoch"] for e in row["epochs"]] == [0, 1, 2] and row["views_forwarded"] == 2  # a, b in warm-up
+    assert row["route_img_s"] > 0 and row["model_only_img_s"] > 0 and row["settings"][0] == "data.image_size=16"
+    assert json.loads(out.read_text()) == [json.loads(json.dumps(row))]
+    assert len(folder_route.table([row])) == 3
