@@ -100,6 +100,7 @@ def model_only(views: int, settings: list[str], steps: int = 8) -> float:
     import yaml
 
     from dcl_cluster import DebiasedClusterModule
+    from dcl_cluster.optim import build_optimizer
 
     config = yaml.safe_load(CONFIG.read_text())
     for setting in settings:  # model.x=v and trainer.precision=v, as the command line sets them
@@ -108,18 +109,22 @@ def model_only(views: int, settings: list[str], steps: int = 8) -> float:
         config.setdefault(section, {})[name] = yaml.safe_load(value)
     model = dict(config["model"])
     bf16 = str(config["trainer"].get("precision", "32-true")).startswith("bf16")
+    px = int(config["data"]["image_size"])
     objectives = []
     for spec in model.pop("objectives"):
         where, name = spec["class_path"].rsplit(".", 1)
         objectives.append(getattr(importlib.import_module(where), name)(**spec.get("init_args", {})))
     batch = config["data"]["batch_size"]
     torch.set_num_threads(os.cpu_count() or 1)
-    module = DebiasedClusterModule(objectives=objectives, in_channels=3, input_size=PX, **model)
+    module = DebiasedClusterModule(objectives=objectives, in_channels=3, input_size=px, **model)
     module.setup("fit")  # builds the backbone and heads (no datamodule: the sizes are given)
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    hp = module.hparams  # the module's own optimizer (its schedule is not stepped here)
+    built = build_optimizer(module.parameters(), hp.optimizer, hp.lr, hp.weight_decay, hp.momentum,
+                            hp.lr_warmup_epochs, hp.cosine, steps + 1, 1)
+    optimizer = built["optimizer"] if isinstance(built, dict) else built
     g = torch.Generator().manual_seed(0)
     names = ["a", "b", "clean"][:views]
-    batches = [{n: torch.randn(batch, 3, PX, PX, generator=g) for n in names} for _ in range(steps + 1)]
+    batches = [{n: torch.randn(batch, 3, px, px, generator=g) for n in names} for _ in range(steps + 1)]
     times = []
     for x in batches:
         start = time.perf_counter()
@@ -151,6 +156,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", nargs="*", default=[], help="extra CLI settings, e.g. data.num_workers=0")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error(f"--epochs must be at least 2 (the first is not timed), got {args.epochs}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         photos = folder(work / "photos")

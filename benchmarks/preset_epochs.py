@@ -13,6 +13,8 @@ bf16 autocast, channels-last, as ``benchmarks/quality.py`` trains. Per epoch:
   the views the terms that run in that epoch read: the least the preset's method costs (the
   two alternate, so a drift of the machine hits both alike).
 
+The bare step reads the terms' own ``reads()``, so it cannot show a ``reads()`` that is too
+wide; the "before" column (every served view forwarded) shows what narrowing them saved.
 The preset's own cost is ``bare_s - dcl's bare_s`` of the same phase, and the check is
 ``trainer_s <= 1.1 x (dcl's trainer_s + own cost)``. ``--before REF`` also times the Trainer
 part with the package of an earlier commit (a git worktree, in a process of its own), so the
@@ -69,8 +71,7 @@ def read_now(module) -> set[str]:
     running, _ = module._step_plan(module.clustering_active)
     read = {"a"}
     for term, _ in running:
-        reads = getattr(term, "reads", None)
-        read |= set(reads(module.current_epoch, module.clustering_active) if reads else ("a", "b", *term.needs().views))
+        read |= set(term.reads(module.current_epoch, module.clustering_active))
     return read
 
 
@@ -179,11 +180,9 @@ def _child(names: list[str], steps: int, bare: bool) -> None:
 
 
 def run_with(package: Path | None, names: list[str], steps: int, bare: bool) -> list[dict]:
-    """:func:`_child` in a fresh process importing dcl_cluster from ``package`` (default: the
-    installed one); this file runs as a script there, so no other ``benchmarks`` shadows it."""
-    env = dict(os.environ)
-    if package is not None:
-        env["PYTHONPATH"] = str(package)
+    """:func:`_child` in a fresh process importing dcl_cluster from ``package`` (default: this
+    checkout); this file runs as a script there, so no other ``benchmarks`` shadows it."""
+    env = {**os.environ, "PYTHONPATH": str(package if package is not None else HERE.parent)}  # that checkout
     cmd = [sys.executable, __file__, "--child", json.dumps([names, steps, bare])]
     out = subprocess.run(cmd, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("ROWS")]
@@ -234,7 +233,7 @@ def main(argv=None) -> list[dict]:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per epoch (one more is run)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per epoch (one more is run)")
     parser.add_argument("--before", default=BEFORE_REF, help="the commit to compare with ('' for none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -362,6 +362,10 @@ def test_a_batch_of_cached_views_fetched_at_once_equals_the_rows_fetched_one_by_
     torch.manual_seed(3)
     second = CachedViewDataset.collate([dataset[2], dataset[4]])
     assert all(torch.equal(a, b) for a, b in zip(first[0], second[0], strict=True))
+    huge = [(3, 2**64 - 1, 0), (4, 2**63 + 5, 0)]  # seeds beyond int64 draw like their value mod 2**63
+    assert all(torch.equal(a, b) for a, b in zip(CachedViewDataset.collate(dataset.__getitems__(huge))[0],
+                                                  CachedViewDataset.collate([dataset[k] for k in huge])[0],
+                                                  strict=True))
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=dataset.collate,
                                          sampler=keys)  # the DataLoader's batched fetch takes __getitems__
     assert all(torch.equal(a, b) for a, b in zip(next(iter(loader))[0], one_by_one[0], strict=True))

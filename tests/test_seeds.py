@@ -7,7 +7,7 @@ from dcl_cluster.data.datasets import SeededEpochSampler
 from dcl_cluster.data.seeds import augmentation_seed, augmentation_seeds
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7, 2**31, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1])
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**31, 2**32 - 1, 2**32, 2**40 + 3, 2**63 - 1, 2**96 + 5])
 @pytest.mark.parametrize("epoch", [0, 1, 79, 2**32 + 1])
 def test_the_seeds_of_many_indices_equal_seedsequence_one_by_one(seed, epoch):
     rng = np.random.default_rng(seed % 1000 + epoch % 1000)
@@ -17,9 +17,11 @@ def test_the_seeds_of_many_indices_equal_seedsequence_one_by_one(seed, epoch):
     assert [augmentation_seed(seed, epoch, int(i)) for i in indices[:5]] == expected[:5]
 
 
-def test_indices_outside_32_bits_are_refused():
+def test_indices_outside_32_bits_and_negative_seeds_are_refused():
     with pytest.raises(ValueError, match=r"indices must lie in \[0, 2\*\*32\), got -1"):
         augmentation_seeds(0, 0, np.array([3, -1]))
+    with pytest.raises(ValueError, match="seeds and epochs must be non-negative, got -2"):
+        augmentation_seeds(-2, 0, np.array([3]))
     assert augmentation_seeds(0, 0, np.array([], dtype=np.int64)).shape == (0,)
 
 

@@ -301,7 +301,8 @@ class CachedViewDataset(Dataset):
         """Row, seed as given and the seed the draw uses: ``key`` is ``(i, seed, epoch)`` or a
         plain ``i`` (a seed from the global random state)."""
         i, seed, _ = (tuple(key) + (None,))[:3] if isinstance(key, tuple) else (key, None, None)
-        return int(i), seed, int(seed) if seed is not None else int(torch.randint(2**62, ()))
+        draw = int(seed) % 2**63 if seed is not None else int(torch.randint(2**62, ()))  # fits an int64
+        return int(i), seed, draw
 
     def pairs(self, seeds: Tensor) -> Tensor:
         """The two different cached views ``(B, 2)`` that per-row seeds ``(B,)`` (non-negative
