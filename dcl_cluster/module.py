@@ -391,7 +391,7 @@ class DebiasedClusterModule(ClusterHeadSetup, FrozenEncoderFeatures, pl.Lightnin
             running = []
             for term in self.objectives:
                 needs = term.needs()
-                if not ((needs.clustering and not clustering) or (needs.warmup and clustering)):
+                if needs.runs_in(clustering):
                     running.append((term, needs))
             read = {"a"}.union(*(term.reads(key[0], clustering) for term in self.objectives))
             self._plan, self._plan_key = (running, frozenset(read)), key

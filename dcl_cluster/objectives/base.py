@@ -47,6 +47,10 @@ class Needs:
     clustering: bool = False
     warmup: bool = False
 
+    def runs_in(self, clustering: bool) -> bool:
+        """Whether the term runs in this phase (``clustering``: the clustering phase, else the warm-up)."""
+        return not ((self.clustering and not clustering) or (self.warmup and clustering))
+
 
 def check_weight(weight: float) -> None:
     """Raise ``ValueError`` unless ``weight`` is a finite number >= 0."""
@@ -132,9 +136,7 @@ class Objective(nn.Module):
         (``Needs.clustering``: the clustering phase only; ``Needs.warmup``: the warm-up only),
         ``()`` in the other."""
         needs = self.needs()
-        if (needs.clustering and not clustering) or (needs.warmup and clustering):
-            return ()
-        return ("a", "b", *needs.views)
+        return ("a", "b", *needs.views) if needs.runs_in(clustering) else ()
 
     def build(self, num_clusters: int | None) -> None:
         """Create state sized by the number of clusters; called before a checkpoint loads."""
