@@ -1,15 +1,18 @@
 """Timing and memory helpers shared by the benchmarks: interleaved repeats with medians,
-and peak resident memory of a callable measured in a fresh child process."""
+peak resident memory of a callable measured in a fresh child process, and a generated folder
+of photos."""
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import multiprocessing as mp
 import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved_medians(contenders: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict:
@@ -63,3 +66,13 @@ def peak_memory_mib(make: Callable[[], Callable[[], object]]) -> float:
     value = queue.get(timeout=600)
     proc.join()
     return value
+
+
+def shape_photo_folder(root: Path, counts: tuple[int, ...], size: int = 64) -> Path:
+    """A folder of generated photos, ``counts[k]`` of shape ``k`` (``examples/cluster_folder.py``'s
+    coloured shapes, PNGs of ``size`` px)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "cluster_folder.py"
+    spec = importlib.util.spec_from_file_location("cluster_folder", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example.make_shape_folder(root, counts=counts, size=size)

@@ -36,6 +36,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from benchmarks.common import shape_photo_folder
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CONFIG = REPO / "examples" / "configs" / "cluster_folder_scratch.yaml"
@@ -44,11 +46,12 @@ COUNTS, PX = (300, 150, 80, 40, 20), 64
 
 
 class EpochClock(pl.Callback):
-    """Every training epoch's wall seconds and images, written to ``$DCL_CLUSTER_EPOCH_CLOCK``
-    (a JSON list) for the route's subprocess; added with ``--trainer.callbacks+=``."""
+    """Every training epoch's wall seconds, images and views forwarded (:attr:`rows`), also
+    written to ``$DCL_CLUSTER_EPOCH_CLOCK`` (a JSON list) where it is set: the route's
+    subprocess adds it with ``--trainer.callbacks+=``."""
 
     def __init__(self):
-        self.rows, self.path = [], os.environ["DCL_CLUSTER_EPOCH_CLOCK"]
+        self.rows, self.path = [], os.environ.get("DCL_CLUSTER_EPOCH_CLOCK")
 
     def on_train_epoch_start(self, trainer, module):
         self.start, self.images = time.perf_counter(), 0
@@ -59,16 +62,8 @@ class EpochClock(pl.Callback):
     def on_train_epoch_end(self, trainer, module):
         self.rows.append({"epoch": trainer.current_epoch, "s": time.perf_counter() - self.start,
                           "images": self.images, "views": len(module._step_plan(module.clustering_active)[1])})
-        Path(self.path).write_text(json.dumps(self.rows))
-
-
-def folder(root: Path) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cluster_folder", REPO / "examples" / "cluster_folder.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example.make_shape_folder(root, counts=COUNTS, size=PX)
+        if self.path:
+            Path(self.path).write_text(json.dumps(self.rows))
 
 
 def route(photos: Path, work: Path, epochs: int, extra: list[str]) -> dict:
@@ -160,7 +155,7 @@ def main(argv=None) -> dict:
         parser.error(f"--epochs must be at least 2 (the first is not timed), got {args.epochs}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        photos = folder(work / "photos")
+        photos = shape_photo_folder(work / "photos", COUNTS, PX)
         ran = route(photos, work, args.epochs, args.set)
     timed = ran["epochs"][1:args.epochs]  # warm-up epochs after the first (the last, clustering, k-means first)
     route_rate = sum(r["images"] for r in timed) / sum(r["s"] for r in timed)

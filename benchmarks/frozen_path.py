@@ -27,7 +27,6 @@ Writes ``benchmarks/results/frozen_path_cache.json`` and ``frozen_path_head.json
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import tempfile
@@ -39,6 +38,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from benchmarks.common import shape_photo_folder
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "frozen_path_cache.json"
 HEAD_RESULTS = HERE / "results" / "frozen_path_head.json"
@@ -46,11 +47,8 @@ IMAGE_SIZE, BATCH, VIEWS = 128, 128, 2
 
 
 def photo_folder(root: Path, n: int) -> Path:
-    spec = importlib.util.spec_from_file_location("cluster_folder", HERE.parent / "examples" / "cluster_folder.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
     third = n // 3
-    return example.make_shape_folder(root, counts=(n - 2 * third, third, third), size=64)
+    return shape_photo_folder(root, counts=(n - 2 * third, third, third), size=64)
 
 
 def encoder():
@@ -163,30 +161,12 @@ def table(row: dict) -> list[str]:
     ]
 
 
-class EpochTimer:
-    """Wall seconds of every training epoch (a Lightning callback)."""
-
-    def __init__(self):
-        import lightning.pytorch as pl
-
-        outer = self
-
-        class _Timer(pl.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                outer._start = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, module):
-                outer.seconds.append(time.perf_counter() - outer._start)
-
-        self.seconds: list[float] = []
-        self.callback = _Timer()
-
-
 def head_epoch(batch: int = 256, threads: int = 2, repeats: int = 3) -> dict:
     """One clustering epoch of the lab's dcl_cluster head on the IF 100 cache: Trainer against bare loop."""
     import lightning.pytorch as pl
 
     from benchmarks import frozen_lab
+    from benchmarks.folder_route import EpochClock
     from dcl_cluster import DebiasedClusterModule
     from dcl_cluster.presets import preset
 
@@ -196,11 +176,11 @@ def head_epoch(batch: int = 256, threads: int = 2, repeats: int = 3) -> dict:
     dm.hparams.batch_size = batch
     module = DebiasedClusterModule(objectives=preset("dcl_cluster")["objectives"], backbone=frozen_lab.encoder(),
                                    num_clusters=10, warmup_epochs=1, kmeans_n_init=1)
-    timer = EpochTimer()
+    timer = EpochClock()
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2 + repeats, precision=frozen_lab.PRECISION,
                          logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer.callback])
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer])
     trainer.fit(module, datamodule=dm)
     if not module.features_cached:
         raise SystemExit("the module trained on images: build the lab's cache first (python -m benchmarks.frozen_lab "
@@ -229,7 +209,8 @@ def head_epoch(batch: int = 256, threads: int = 2, repeats: int = 3) -> dict:
             optimizer.step()
         bare_runs.append(time.perf_counter() - start)
     bare = float(np.median(bare_runs))
-    lightning = float(np.median(timer.seconds[2:]))  # clustering epochs after the first (which places the head)
+    # the clustering epochs after the first (which places the head)
+    lightning = float(np.median([row["s"] for row in timer.rows[2:]]))
     return {"rows": n, "batch": batch, "threads": threads, "lightning_epoch_s": round(lightning, 3),
             "bare_epoch_s": round(bare, 3), "lightning_over_bare_rate": round(bare / lightning, 3),
             "terms": sorted(terms)}

@@ -59,13 +59,6 @@ def _folder(root: Path) -> Path:
     return root
 
 
-def served_views(objectives) -> list[str]:
-    """The views the datamodule may serve this preset: ``a``, ``b`` and every view a term needs
-    (each served from the epoch the datamodule's dataset switches it on)."""
-    extra = [v for t in objectives for v in t.needs().views if v not in ("a", "b")]
-    return ["a", "b", *dict.fromkeys(extra)]
-
-
 def read_now(module) -> set[str]:
     """The views the terms that run on this epoch's steps read (the least a step must forward)."""
     running, _ = module._step_plan(module.clustering_active)
@@ -84,8 +77,10 @@ def fit_preset(name: str, steps: int, bare: bool, data: Path) -> list[dict]:
 
     torch.set_num_threads(2)
     pl.seed_everything(0, verbose=False)
-    objectives = preset(name)["objectives"]
-    views = served_views(objectives)
+    module = DebiasedClusterModule(objectives=preset(name)["objectives"], backbone_width=WIDTH, in_channels=3,
+                                   input_size=SIZE, num_clusters=10, warmup_epochs=1, channels_last=True,
+                                   kmeans_n_init=1)
+    views = ["a", "b", *module.extra_views]  # every view the datamodule may serve (each from its epoch)
     g = torch.Generator().manual_seed(0)
     batches = [({v: torch.randn(BATCH, 3, SIZE, SIZE, generator=g) for v in views},
                 torch.zeros(BATCH, dtype=torch.long), torch.arange(BATCH)) for _ in range(steps + 1)]
@@ -114,9 +109,6 @@ def fit_preset(name: str, steps: int, bare: bool, data: Path) -> list[dict]:
 
     dm = ReadyBatches("npz", str(data), imbalance_factor=1.0, image_size=SIZE, batch_size=BATCH, num_workers=0,
                       mean=[0.5] * 3, std=[0.5] * 3)
-    module = DebiasedClusterModule(objectives=objectives, backbone_width=WIDTH, in_channels=3,
-                                   input_size=SIZE, num_clusters=10, warmup_epochs=1, channels_last=True,
-                                   kmeans_n_init=1)
     rows = []
 
     class Timer(pl.Callback):
